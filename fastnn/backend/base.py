@@ -1,0 +1,171 @@
+"""The contract every backend fulfils.
+
+Layers, losses, optimisers and the model call only these methods, so a model runs
+unchanged on any backend. Arrays are the backend's own type (NumPy arrays on the
+CPU, Numba device arrays on CUDA), float32 unless said otherwise, C-contiguous.
+
+Conventions:
+  * Every op writes into caller-provided output arrays (``out``, ``dx``, ...):
+    the training loop allocates nothing after its first batch.
+  * ``act`` is one of the names in ``ACTIVATIONS``.
+  * Loss and metric ops ADD their result into a one-element float64 backend
+    array ``acc`` instead of returning it, so a GPU backend never has to
+    synchronise per step; read it with ``to_numpy(acc)[0]``.
+  * Shapes: 2-D ops take (rows, cols) arrays; elementwise ops take any shape.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+
+# Loss kinds. "*_logits" kinds take raw scores and also write the activated
+# predictions (softmax / sigmoid) into ``probs``.
+LOSS_KINDS = (
+    "softmax_cce_logits",         # target: one-hot float32 (rows, cols)
+    "softmax_sparse_cce_logits",  # target: int32 labels (rows,)
+    "cce_probs",                  # target: one-hot float32
+    "sparse_cce_probs",           # target: int32 labels (rows,)
+    "sigmoid_bce_logits",         # target: float32 (rows, cols) in [0, 1]
+    "bce_probs",                  # target: float32 (rows, cols) in [0, 1]
+    "mse",
+    "mae",
+)
+
+# Metric kinds: acc[0] += sum over rows of the per-sample metric.
+METRIC_KINDS = (
+    "categorical_accuracy",         # target one-hot: argmax(pred) == argmax(target)
+    "sparse_categorical_accuracy",  # target int32 labels
+    "binary_accuracy",              # mean over cols of (pred > 0.5) == (target > 0.5)
+    "mse",                          # mean over cols of (pred - target)^2
+    "mae",                          # mean over cols of |pred - target|
+)
+
+
+class Backend:
+    """Abstract backend. Subclasses implement every method below."""
+
+    name: str = "abstract"
+
+    # ---- memory ---------------------------------------------------------
+    def empty(self, shape: Sequence[int], dtype: Any = "float32") -> Any:
+        """Uninitialised array."""
+        raise NotImplementedError
+
+    def zeros(self, shape: Sequence[int], dtype: Any = "float32") -> Any:
+        raise NotImplementedError
+
+    def asarray(self, host: Any) -> Any:
+        """A backend copy of a NumPy array (same dtype, C-contiguous)."""
+        raise NotImplementedError
+
+    def stage(self, host: Any) -> Any:
+        """A backend array holding a NumPy array's values for reading only:
+        the CPU shares memory when the dtype and layout already fit; a GPU
+        uploads a copy. Used to place a whole data set once per fit."""
+        return self.asarray(host)
+
+    def to_numpy(self, arr: Any) -> Any:
+        """A NumPy array with the values of ``arr`` (may share memory on CPU)."""
+        raise NotImplementedError
+
+    def copy_(self, dst: Any, src: Any) -> None:
+        """dst[...] = src (same shape and dtype, both backend arrays)."""
+        raise NotImplementedError
+
+    def fill_(self, dst: Any, value: float) -> None:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued work (no-op on CPU)."""
+
+    # ---- dense algebra --------------------------------------------------
+    def gemm(self, a: Any, b: Any, out: Any, trans_a: bool = False,
+             trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0) -> None:
+        """out = alpha * op(a) @ op(b) + beta * out (2-D arrays)."""
+        raise NotImplementedError
+
+    def dense_fwd(self, x: Any, w: Any, b: Optional[Any], act: str, out: Any) -> None:
+        """out = act(x @ w + b); x (B, K), w (K, N), b (N,) or None, out (B, N)."""
+        raise NotImplementedError
+
+    def dense_bwd(self, x: Any, w: Any, dz: Any, dw: Any, db: Optional[Any],
+                  dx: Optional[Any]) -> None:
+        """dw = x.T @ dz; db = column sums of dz (if db is not None);
+        dx = dz @ w.T (if dx is not None). dz is the gradient w.r.t. the
+        pre-activation. Overwrites (does not accumulate into) dw, db, dx."""
+        raise NotImplementedError
+
+    def bias_act_fwd(self, x: Any, b: Optional[Any], act: str, out: Any) -> None:
+        """out = act(x + b) over (rows, cols); b may be None; out may be x."""
+        raise NotImplementedError
+
+    def act_bwd(self, act: str, y: Any, dy: Any, dx: Any) -> None:
+        """dx = dy * act'(.), written via the forward output y; dx may be dy."""
+        raise NotImplementedError
+
+    def bias_grad(self, dz: Any, db: Any) -> None:
+        """db = column sums of the (rows, cols) array dz, in row order."""
+        raise NotImplementedError
+
+    # ---- losses and metrics --------------------------------------------
+    def loss(self, kind: str, pred: Any, target: Any, grad: Any,
+             acc: Any, probs: Optional[Any] = None) -> None:
+        """acc[0] += mean-over-rows loss; grad = d(mean loss)/d(pred).
+        ``probs`` is required for "*_logits" kinds and receives the activated
+        predictions."""
+        raise NotImplementedError
+
+    def metric(self, kind: str, pred: Any, target: Any, acc: Any) -> None:
+        """acc[0] += sum over rows of the per-sample metric."""
+        raise NotImplementedError
+
+    # ---- optimisers (flat buffers) --------------------------------------
+    def sumsq(self, x: Any) -> float:
+        """Sum of squares of a flat array, as a Python float (float64 accumulation)."""
+        raise NotImplementedError
+
+    def scale_(self, x: Any, s: float) -> None:
+        """x *= s in place."""
+        raise NotImplementedError
+
+    def sgd_step(self, p: Any, g: Any, velocity: Optional[Any], *, lr: float,
+                 momentum: float, nesterov: bool, weight_decay: float,
+                 grad_scale: float, clip_value: float) -> None:
+        """See fnn_sgd_step in ext/fastnn.h (clip_value <= 0 means no clipping)."""
+        raise NotImplementedError
+
+    def adam_step(self, p: Any, g: Any, m: Any, v: Any, *, lr: float,
+                  beta_1: float, beta_2: float, epsilon: float, step: int,
+                  weight_decay: float, grad_scale: float, clip_value: float) -> None:
+        """See fnn_adam_step in ext/fastnn.h (step is 1-based)."""
+        raise NotImplementedError
+
+    def rmsprop_step(self, p: Any, g: Any, vel: Any, mom: Optional[Any],
+                     avg: Optional[Any], *, lr: float, rho: float, momentum: float,
+                     epsilon: float, weight_decay: float, grad_scale: float,
+                     clip_value: float) -> None:
+        """See fnn_rmsprop_step in ext/fastnn.h."""
+        raise NotImplementedError
+
+    # ---- data movement and elementwise ----------------------------------
+    def gather_rows(self, src: Any, idx: Any, out: Any) -> None:
+        """out[i] = src[idx[i]]; src (N, ...) float32 or int32, idx int64 (B,)
+        (a NumPy array on every backend), out (B, ...) of src's dtype."""
+        raise NotImplementedError
+
+    def dropout_fwd(self, x: Any, rate: float, rng: Any, mask: Any, out: Any) -> None:
+        """mask = (u >= rate) / (1 - rate) with u ~ U[0,1) drawn from ``rng``
+        (a numpy.random.Generator); out = x * mask."""
+        raise NotImplementedError
+
+    def mul(self, a: Any, b: Any, out: Any) -> None:
+        raise NotImplementedError
+
+    def add(self, a: Any, b: Any, out: Any) -> None:
+        raise NotImplementedError
+
+
+def check_kind(kind: str, allowed: Tuple[str, ...], what: str) -> None:
+    if kind not in allowed:
+        raise ValueError(f"unknown {what} {kind!r}; expected one of {allowed}")
