@@ -27,6 +27,7 @@ from .callbacks import Callback, CallbackList, History, ProgbarLogger
 from .layers.base import Layer, WeightSpec
 from .layers.graph import SymbolicTensor, topological_nodes
 from .layers.input_layer import InputLayer
+from .replica import LocalReplica
 from .utils import global_rng
 
 
@@ -36,6 +37,9 @@ class _Node:
     ins: List[int]
     out: int
     need_dx: bool = True
+    # Set on the last node (in backward order) that uses a layer with trainable
+    # weights: (offset, size) of those weights in the flat buffer, now final.
+    grads_final: Optional[Tuple[int, int]] = None
 
 
 @dataclass
@@ -76,6 +80,12 @@ class Model:
         self._offsets: Dict[Tuple[int, str], Tuple[str, int]] = {}
         self._scratch: Dict[Tuple[Any, ...], Any] = {}
         self._input_shape: Optional[Tuple[int, ...]] = None
+        self.replica: Any = LocalReplica()
+        # Set by a restoring callback (BackupAndRestore) in on_train_begin:
+        # {'epoch', 'step', 'order', 'totals'} of an interrupted fit.
+        self._resume: Optional[Dict[str, Any]] = None
+        self.epoch_order: Optional[np.ndarray] = None
+        self.position: Tuple[int, int] = (0, 0)
         if inputs is not None or outputs is not None:
             self._init_graph(inputs, outputs)
 
@@ -141,6 +151,20 @@ class Model:
             has_weights = any(s.trainable for s in node.layer.weight_specs) and \
                 node.layer.trainable
             upstream_trainable[node.out] = node.need_dx or has_weights
+        segments = {}
+        for layer, spec in self._weight_entries():
+            buffer, offset = self._offsets[(id(layer), spec.name)]
+            if buffer == "params":
+                lo, size = segments.get(id(layer), (offset, 0))
+                segments[id(layer)] = (min(lo, offset), size + spec.size)
+        done = set()
+        for node in reversed(self._nodes):
+            node.grads_final = None
+        for node in self._nodes:  # forward order: the first use is the last in backward
+            key = id(node.layer)
+            if key in segments and key not in done:
+                node.grads_final = segments[key]
+                done.add(key)
 
     # -------------------------------------------------------------- weights
     def _weight_entries(self) -> List[Tuple[Layer, WeightSpec]]:
@@ -420,6 +444,8 @@ class Model:
                 continue
             node.layer.call_slot = i
             dx = node.layer.backward(dy, node.need_dx)
+            if node.grads_final is not None:
+                self.replica.gradients_ready(self, *node.grads_final)
             if not node.need_dx:
                 continue
             dxs = dx if getattr(node.layer, "takes_list", False) else [dx]
@@ -461,10 +487,14 @@ class Model:
             backend.metric(kind, shown, tgt, metric_acc[i:i + 1])
         return grad.reshape(out.shape)
 
-    def _train_step(self, xb: Any, yb: Any, loss_acc: Any, metric_acc: Any) -> None:
+    def _train_step(self, xb: Any, yb: Any, loss_acc: Any, metric_acc: Any,
+                    global_rows: Optional[int] = None) -> None:
         out = self._forward(xb, training=True)
         grad = self._loss_and_metrics(out, yb, loss_acc, metric_acc)
+        replica = self.replica
+        replica.begin_step(self, int(xb.shape[0]), global_rows or int(xb.shape[0]))
         self._backward(grad)
+        replica.finish_gradients(self)
         self._compiled.optimizer.apply(self.params, self.grads)
 
     # ------------------------------------------------------------ batching
@@ -512,16 +542,37 @@ class Model:
             self.seen += rows
             return self.loss_acc[slot:slot + 1]
 
-        def logs(self) -> Dict[str, float]:
-            if not self.seen:
-                return {}
+        def totals(self) -> np.ndarray:
+            """[sum of sample losses, sum of each metric, samples seen] (float64)."""
             model = self.model
             loss_sums = model.backend.to_numpy(self.loss_acc)
-            total = loss_sums[0] * self.batch_rows + loss_sums[1] * self.partial_rows
-            logs = {self.prefix + "loss": float(total / self.seen)}
-            metric_sums = model.backend.to_numpy(self.metric_acc)
-            for i, (name, _) in enumerate(model._compiled.metrics):
-                logs[self.prefix + name] = float(metric_sums[i] / self.seen)
+            loss_total = loss_sums[0] * self.batch_rows + loss_sums[1] * self.partial_rows
+            n = len(model._compiled.metrics)
+            metric_sums = np.asarray(model.backend.to_numpy(self.metric_acc))[:n]
+            return np.concatenate([[loss_total], metric_sums, [self.seen]]).astype(np.float64)
+
+        def restore(self, totals: np.ndarray, batch_rows: int) -> None:
+            """Continues from ``totals()`` of an interrupted epoch."""
+            self.reset(batch_rows)
+            totals = np.asarray(totals, dtype=np.float64)
+            self.seen = int(totals[-1])
+            # Re-express the loss total as full-batch means, the slot-0 convention.
+            loss = np.array([totals[0] / batch_rows if batch_rows else 0.0, 0.0])
+            self.model.backend.copy_(self.loss_acc, self.model.backend.asarray(loss))
+            metrics = np.zeros(self.metric_acc.shape[0])
+            metrics[:len(totals) - 2] = totals[1:-1]
+            self.model.backend.copy_(self.metric_acc, self.model.backend.asarray(metrics))
+
+        def logs(self, reduce: bool = False) -> Dict[str, float]:
+            totals = self.totals()
+            if reduce:
+                totals = self.model.replica.reduce_sums(totals)
+            seen = totals[-1]
+            if not seen:
+                return {}
+            logs = {self.prefix + "loss": float(totals[0] / seen)}
+            for i, (name, _) in enumerate(self.model._compiled.metrics):
+                logs[self.prefix + name] = float(totals[1 + i] / seen)
             return logs
 
     # ------------------------------------------------------------------ fit
@@ -529,7 +580,8 @@ class Model:
             epochs: int = 1, verbose: Union[str, int] = "auto",
             callbacks: Optional[Sequence[Callback]] = None, validation_split: float = 0.0,
             validation_data: Optional[Tuple[Any, Any]] = None, shuffle: bool = True,
-            initial_epoch: int = 0, validation_batch_size: Optional[int] = None) -> History:
+            initial_epoch: int = 0, validation_batch_size: Optional[int] = None,
+            distributed: Any = False) -> History:
         """Trains the model (as keras.Model.fit).
 
         Args:
@@ -546,6 +598,9 @@ class Model:
             shuffle: reshuffle the training samples every epoch.
             initial_epoch: epoch to start from (for resuming).
             validation_batch_size: batch size for validation (default batch_size).
+            distributed: True to train data-parallel over MPI (see
+                fastnn.distributed): each global batch is split across the ranks and
+                gradients are averaged, so the result matches one process up to rounding.
 
         Returns:
             A History whose ``.history`` maps 'loss', metric names and their
@@ -574,9 +629,11 @@ class Model:
             validation_data = (x[n_train:], y[n_train:])
             x, y = x[:n_train], y[:n_train]
         val = self._prepare_validation(validation_data)
+        replica = self._replica_for(distributed)
+        replica.begin_fit(self, len(x), batch_size)
         history = History()
         cb_list = list(callbacks or [])
-        verbose_level = _verbose_level(verbose)
+        verbose_level = _verbose_level(verbose) if replica.is_primary else 0
         if verbose_level:
             cb_list.append(ProgbarLogger(verbose_level))
         cb_list.append(history)
@@ -587,48 +644,82 @@ class Model:
         backend = self.backend
         x_dev, y_dev = backend.stage(x), backend.stage(y)
         tracker = self._Tracker(self)
+        self._active_tracker = tracker
         self.stop_training = False
         self.history = history
-        cbs.call("on_train_begin", None)
+        self._resume = None
         logs: Dict[str, float] = {}
-        for epoch in range(int(initial_epoch), int(epochs)):
-            tracker.reset(min(batch_size, len(x)))
-            cbs.call("on_epoch_begin", epoch, None)
-            order = global_rng().permutation(len(x)) if shuffle else None
-            self._run_epoch(x_dev, y_dev, order, batch_size, tracker, cbs, epoch)
-            logs = tracker.logs()
-            if val is not None:
-                logs.update(self._evaluate_arrays(val[0], val[1],
-                                                  validation_batch_size or batch_size,
-                                                  prefix="val_"))
-            cbs.call("on_epoch_end", epoch, logs)
-            if self.stop_training:
-                break
-        cbs.call("on_train_end", logs)
+        try:
+            cbs.call("on_train_begin", None)
+            resume, self._resume = self._resume, None
+            first_epoch = int(resume["epoch"]) if resume else int(initial_epoch)
+            for epoch in range(first_epoch, int(epochs)):
+                first_step = 0
+                if resume and epoch == first_epoch:
+                    order = resume["order"]
+                    first_step = int(resume["step"])
+                    tracker.restore(resume["totals"], min(batch_size, len(x)))
+                else:
+                    tracker.reset(min(batch_size, len(x)))
+                    cbs.call("on_epoch_begin", epoch, None)
+                    order = global_rng().permutation(len(x)) if shuffle else None
+                self.epoch_order = order
+                self._run_epoch(x_dev, y_dev, order, batch_size, tracker, cbs, epoch, first_step)
+                logs = tracker.logs(reduce=True)
+                if val is not None:
+                    logs.update(self._evaluate_arrays(val[0], val[1],
+                                                      validation_batch_size or batch_size,
+                                                      prefix="val_"))
+                cbs.call("on_epoch_end", epoch, logs)
+                if self.stop_training:
+                    break
+            cbs.call("on_train_end", logs)
+        finally:
+            self.replica = LocalReplica()
         return history
+
+    def _replica_for(self, distributed: Any) -> Any:
+        if distributed is None or distributed is False:
+            return LocalReplica()
+        if distributed is True:
+            from . import distributed as dist_mod  # loads mpi4py only when asked
+            self.replica = dist_mod.replica()
+            return self.replica
+        self.replica = distributed
+        return distributed
 
     def _run_epoch(self, x_dev: Any, y_dev: Any, order: Optional[np.ndarray],
                    batch_size: int, tracker: "_Tracker", cbs: CallbackList,
-                   epoch: int) -> None:
+                   epoch: int, first_step: int = 0) -> None:
         backend = self.backend
+        replica = self.replica
         n = x_dev.shape[0]
-        for step, start in enumerate(range(0, n, batch_size)):
+        sharded = replica.world_size > 1
+        if sharded and order is None:
+            order = np.arange(n)
+        for step in range(first_step, math.ceil(n / batch_size)):
+            start = step * batch_size
             stop = min(start + batch_size, n)
-            rows = stop - start
             if cbs.batch_hooks:
                 cbs.call("on_train_batch_begin", step, None)
             if order is None:
                 xb, yb = x_dev[start:stop], y_dev[start:stop]
             else:
-                xb, yb = self._batch_buffers(x_dev, y_dev, rows)
-                idx = order[start:stop]
+                idx = replica.shard(order[start:stop]) if sharded else order[start:stop]
+                xb, yb = self._batch_buffers(x_dev, y_dev, len(idx))
                 backend.gather_rows(x_dev, idx, xb)
                 backend.gather_rows(y_dev, idx, yb)
-            self._train_step(xb, yb, tracker.acc_for(rows), tracker.metric_acc)
+            self._train_step(xb, yb, tracker.acc_for(int(xb.shape[0])), tracker.metric_acc,
+                             stop - start)
+            self.position = (epoch, step + 1)
             if cbs.batch_hooks:
                 cbs.call("on_train_batch_end", step, tracker.logs())
             if self.stop_training:
                 break
+
+    def training_totals(self) -> np.ndarray:
+        """Running sums of the current epoch (for checkpoints); see _Tracker.totals."""
+        return self._active_tracker.totals()
 
     def _prepare_validation(self, validation_data: Any) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         if validation_data is None:
@@ -642,15 +733,17 @@ class Model:
     def _evaluate_arrays(self, x: np.ndarray, y: np.ndarray, batch_size: int,
                          prefix: str = "") -> Dict[str, float]:
         backend = self.backend
-        x_dev, y_dev = backend.stage(x), backend.stage(y)
+        lo, hi = self.replica.shard_range(len(x))
+        x_dev, y_dev = backend.stage(x[lo:hi]), backend.stage(y[lo:hi])
+        n = hi - lo
         tracker = self._Tracker(self, prefix)
-        tracker.reset(min(batch_size, len(x)))
-        for start in range(0, len(x), batch_size):
-            stop = min(start + batch_size, len(x))
+        tracker.reset(min(batch_size, n))
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
             out = self._forward(x_dev[start:stop], training=False)
             self._loss_and_metrics(out, y_dev[start:stop], tracker.acc_for(stop - start),
                                    tracker.metric_acc)
-        return tracker.logs()
+        return tracker.logs(reduce=True)
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: Optional[int] = None,
                  verbose: Union[str, int] = "auto", return_dict: bool = False) -> Any:
@@ -723,6 +816,34 @@ class Model:
 
     def predict_on_batch(self, x: Any) -> np.ndarray:
         return self.predict(x, batch_size=len(x), verbose=0)
+
+    # --------------------------------------------------------------- saving
+    def save(self, filepath: str, include_optimizer: bool = True) -> None:
+        """Writes architecture, compile settings and weights to one safe file.
+
+        See fastnn.saving for the format; load it with fastnn.models.load_model.
+        """
+        from .saving import save_model
+        save_model(self, filepath, include_optimizer=include_optimizer)
+
+    def save_weights(self, filepath: str) -> None:
+        """Writes the weights alone (same safe format)."""
+        from .saving import save_weights
+        save_weights(self, filepath)
+
+    def load_weights(self, filepath: str) -> None:
+        """Loads weights written by ``save_weights`` or ``save`` into this model.
+
+        Raises:
+            fastnn.io.FileFormatError: for a damaged or mismatching file.
+        """
+        from .saving import load_weights
+        load_weights(self, filepath)
+
+    def get_config(self) -> dict:
+        """The architecture as JSON-ready data (layers and their configs)."""
+        from .saving import model_config
+        return model_config(self)
 
     # -------------------------------------------------------------- summary
     def summary(self, print_fn: Any = None) -> None:
