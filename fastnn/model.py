@@ -184,11 +184,13 @@ class Model:
             buffer = "params" if (spec.trainable and layer.trainable) else "state"
             self._offsets[(id(layer), spec.name)] = (buffer, sizes[buffer])
             sizes[buffer] += spec.size
-            value = np.asarray(spec.initializer(spec.shape), dtype=np.float32)
-            if value.shape != spec.shape:
-                raise ValueError(f"initializer of {layer.name}/{spec.name} returned shape "
-                                 f"{value.shape}, expected {spec.shape}")
-            host_values[buffer].append(value.reshape(-1))
+            value = spec.initial_value
+            if value is None:
+                # The layer already lives in another model: start from a copy of
+                # its current weights (models never share weight memory).
+                value = np.asarray(layer.backend.to_numpy(layer.param(spec.name)))
+            host_values[buffer].append(np.array(value, dtype=np.float32).reshape(-1))
+            spec.initial_value = None  # the flat buffer owns the values from now on
         flat = {key: (np.concatenate(vals) if vals else np.zeros(0, np.float32))
                 for key, vals in host_values.items()}
         self._place_buffers(flat["params"], flat["state"])

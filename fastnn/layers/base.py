@@ -41,6 +41,9 @@ class WeightSpec:
     shape: Shape
     initializer: Callable
     trainable: bool = True
+    # Drawn when the layer is built (as Keras does), so the random stream does
+    # not depend on when the model allocates its flat buffers.
+    initial_value: Any = None
 
     @property
     def size(self) -> int:
@@ -101,8 +104,13 @@ class Layer:
 
     def add_weight(self, name: str, shape: Sequence[int], initializer: Callable,
                    trainable: bool = True) -> WeightSpec:
-        spec = WeightSpec(name, tuple(int(d) for d in shape), initializer,
-                          trainable and self.trainable)
+        import numpy as np
+        shape = tuple(int(d) for d in shape)
+        value = np.asarray(initializer(shape), dtype=np.float32)
+        if value.shape != shape:
+            raise ValueError(f"initializer of {self.name}/{name} returned shape "
+                             f"{value.shape}, expected {shape}")
+        spec = WeightSpec(name, shape, initializer, trainable and self.trainable, value)
         self.weight_specs.append(spec)
         return spec
 
