@@ -165,6 +165,14 @@ class Backend:
     def add(self, a: Any, b: Any, out: Any) -> None:
         raise NotImplementedError
 
+    def concat_last(self, xs: Sequence[Any], out: Any) -> None:
+        """out = the arrays ``xs`` joined along their last axis."""
+        raise NotImplementedError
+
+    def split_last(self, x: Any, outs: Sequence[Any]) -> None:
+        """The inverse of concat_last: outs[i] = consecutive last-axis slices of x."""
+        raise NotImplementedError
+
 
 def check_kind(kind: str, allowed: Tuple[str, ...], what: str) -> None:
     if kind not in allowed:
