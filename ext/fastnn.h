@@ -36,6 +36,11 @@ void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb,
                float beta, float *C, int64_t ldc);
+/* Testing only: force the SGEMM micro-kernel (0 auto, 1 portable C, 2 AVX2,
+ * 3 AVX-512); returns 0, or -1 (no change) if this CPU lacks it. */
+int fnn_sgemm_set_kernel(int kind);
+/* Testing only: the micro-kernel fnn_sgemm uses now (1, 2 or 3). */
+int fnn_sgemm_get_kernel(void);
 
 /* ---- activations (activation.c) --------------------------------------- */
 enum fnn_activation {
@@ -141,6 +146,109 @@ void fnn_dropout_fwd(int64_t n, const float *x, const float *u, float rate,
 void fnn_mul(int64_t n, const float *a, const float *b, float *out);
 /* out = a + b elementwise; out may alias a or b. */
 void fnn_add(int64_t n, const float *a, const float *b, float *out);
+
+/* ---- convolution (conv.c, pool.c, batchnorm.c) ---- */
+/* Images are NHWC (B, H, W, C) float32; kernels (kh, kw, C, F); padding is
+ * explicit zero padding (top pt, bottom pb, left pl, right pr); Ho, Wo are
+ * (H + pt + pb - dh*(kh-1) - 1) / sh + 1 and likewise for W. */
+typedef struct {
+    int64_t B, H, W, C;     /* input */
+    int64_t F, kh, kw;      /* filters, kernel size */
+    int64_t sh, sw, dh, dw; /* strides, dilation */
+    int64_t pt, pb, pl, pr; /* zero padding */
+    int64_t Ho, Wo;         /* output (B, Ho, Wo, F) */
+} fnn_conv2d_geom;
+/* Every kernel in this section runs on at most nthreads (>= 1) threads; the
+ * caller passes the project's thread setting explicitly (each Python
+ * extension module links its own copy of threads.c). */
+/* Bytes of scratch the conv kernels need with nthreads threads; given a
+ * smaller work buffer they use as many threads as it fits. */
+int64_t fnn_conv2d_workspace_bytes(const fnn_conv2d_geom *g, int nthreads);
+/* out = act(conv(x, w) + bias); x (B,H,W,C), w (kh,kw,C,F), bias (F) or NULL,
+ * out (B,Ho,Wo,F); softmax is over F for each pixel. */
+void fnn_conv2d_fwd(const fnn_conv2d_geom *g, int act, const float *x,
+                    const float *w, const float *bias, float *out,
+                    void *work, int64_t work_bytes, int nthreads);
+/* From dz (B,Ho,Wo,F), the gradient w.r.t. the pre-activation output:
+ * overwrites dw (kh,kw,C,F), db (F), dx (B,H,W,C); any may be NULL. */
+void fnn_conv2d_bwd(const fnn_conv2d_geom *g, const float *x, const float *w,
+                    const float *dz, float *dw, float *db, float *dx,
+                    void *work, int64_t work_bytes, int nthreads);
+/* 1 when the conv kernels run their AVX2+FMA path; on != 0 forces the
+ * plain C path (for tests). */
+int fnn_conv_simd_path(void);
+void fnn_conv_force_generic(int on);
+
+/* Pooling windows (ph, pw) with strides and padding as above; padded
+ * positions never count (max ignores them, average divides by the number
+ * of in-image elements). Every pad must be smaller than its window. */
+typedef struct {
+    int64_t B, H, W, C;
+    int64_t ph, pw, sh, sw;
+    int64_t pt, pb, pl, pr;
+    int64_t Ho, Wo;
+} fnn_pool2d_geom;
+/* out (B,Ho,Wo,C) = window max; argmax (same shape; exactly one of arg32 /
+ * arg64 non-NULL) = index (h*W + w)*C + c of the max inside its image
+ * (first max wins; NaN wins). */
+void fnn_maxpool2d_fwd(const fnn_pool2d_geom *g, const float *x, float *out,
+                       int32_t *arg32, int64_t *arg64, int nthreads);
+/* dx (B, n_in) = 0, then dx[b, argmax[b, j]] += dy[b, j] for j < n_out, in
+ * j order per image; serves 2-D and global max pooling. */
+void fnn_maxpool_bwd(int64_t B, int64_t n_out, int64_t n_in, const float *dy,
+                     const int32_t *arg32, const int64_t *arg64, float *dx,
+                     int nthreads);
+/* out (B,Ho,Wo,C) = mean of the window's in-image elements. */
+void fnn_avgpool2d_fwd(const fnn_pool2d_geom *g, const float *x, float *out,
+                       int nthreads);
+/* dx (B,H,W,C) = 0, then each window's in-image elements += dy / count. */
+void fnn_avgpool2d_bwd(const fnn_pool2d_geom *g, const float *dy, float *dx,
+                       int nthreads);
+/* out (B,C) = mean over the HW pixels of x (B,HW,C), summed in pixel order. */
+void fnn_global_avgpool_fwd(int64_t B, int64_t HW, int64_t C, const float *x,
+                            float *out, int nthreads);
+/* dx (B,HW,C) = dy[b,c] / HW. */
+void fnn_global_avgpool_bwd(int64_t B, int64_t HW, int64_t C, const float *dy,
+                            float *dx, int nthreads);
+/* out (B,C) = max over pixels; argmax (B,C) = pixel*C + c (first max wins). */
+void fnn_global_maxpool_fwd(int64_t B, int64_t HW, int64_t C, const float *x,
+                            float *out, int32_t *arg32, int64_t *arg64,
+                            int nthreads);
+/* out (B, H+pt+pb, W+pl+pr, C) = x zero-padded. */
+void fnn_zeropad2d_fwd(int64_t B, int64_t H, int64_t W, int64_t C, int64_t pt,
+                       int64_t pb, int64_t pl, int64_t pr, const float *x,
+                       float *out, int nthreads);
+/* dx (B,H,W,C) = the interior of dy (B, H+pt+pb, W+pl+pr, C). */
+void fnn_zeropad2d_bwd(int64_t B, int64_t H, int64_t W, int64_t C, int64_t pt,
+                       int64_t pb, int64_t pl, int64_t pr, const float *dy,
+                       float *dx, int nthreads);
+
+/* Batch normalisation over x (rows, C): per-channel statistics over rows,
+ * summed in float64 over fixed row chunks combined in chunk order. gamma /
+ * beta may be NULL (1 / 0); dgamma / dbeta may be NULL. */
+/* Bytes of scratch the batchnorm kernels need. */
+int64_t fnn_batchnorm_workspace_bytes(int64_t rows, int64_t C);
+/* Batch mean m and biased variance v; out = (x-m)/sqrt(v+eps)*gamma + beta;
+ * save_mean = m, save_invstd = 1/sqrt(v+eps); moving = moving*momentum +
+ * batch*(1-momentum) for the mean and the (biased) variance. */
+void fnn_batchnorm_fwd_train(int64_t rows, int64_t C, const float *x, float *out,
+                             const float *gamma, const float *beta,
+                             float *moving_mean, float *moving_var,
+                             float *save_mean, float *save_invstd,
+                             float momentum, float epsilon, void *work,
+                             int nthreads);
+/* out = (x - moving_mean)/sqrt(moving_var + eps)*gamma + beta. */
+void fnn_batchnorm_fwd_infer(int64_t rows, int64_t C, const float *x, float *out,
+                             const float *gamma, const float *beta,
+                             const float *moving_mean, const float *moving_var,
+                             float epsilon, int nthreads);
+/* Gradients of the training forward: dbeta = sum dy, dgamma = sum dy*xhat,
+ * dx = gamma*invstd*(dy - dbeta/rows - xhat*dgamma/rows); two passes. */
+void fnn_batchnorm_bwd(int64_t rows, int64_t C, const float *x, const float *dy,
+                       const float *gamma, const float *save_mean,
+                       const float *save_invstd, float *dx, float *dgamma,
+                       float *dbeta, void *work, int nthreads);
+/* ---- end convolution ---- */
 
 #ifdef __cplusplus
 }
