@@ -173,6 +173,110 @@ class Backend:
         """The inverse of concat_last: outs[i] = consecutive last-axis slices of x."""
         raise NotImplementedError
 
+    # ---- convolution ----------------------------------------------------
+    # Images are NHWC (B, H, W, C) float32, kernels (kh, kw, C, F) as Keras.
+    # ``strides`` / ``dilation`` / ``pool`` are (rows, cols) pairs; ``padding``
+    # is explicit zero padding (top, bottom, left, right): layers compute it
+    # with fastnn.backend.conv_shapes.resolve_padding ('same' puts the odd
+    # element at the bottom / right, as TensorFlow). Padded positions never
+    # take part in pooling. Outputs are overwritten, never accumulated into.
+    def conv2d_fwd(self, x: Any, w: Any, b: Optional[Any], out: Any, *,
+                   strides: Tuple[int, int] = (1, 1),
+                   padding: Tuple[int, int, int, int] = (0, 0, 0, 0),
+                   dilation: Tuple[int, int] = (1, 1), act: str = "linear") -> None:
+        """out (B, Ho, Wo, F) = act(conv2d(x, w) + b); b (F,) or None; ``act``
+        as ACTIVATIONS, softmax over the last (filter) axis of each pixel.
+        Ho = (H + top + bottom - dilation_h*(kh-1) - 1) // stride_h + 1, and
+        likewise Wo."""
+        raise NotImplementedError
+
+    def conv2d_bwd(self, x: Any, w: Any, dz: Any, dw: Any, db: Optional[Any],
+                   dx: Optional[Any], *, strides: Tuple[int, int] = (1, 1),
+                   padding: Tuple[int, int, int, int] = (0, 0, 0, 0),
+                   dilation: Tuple[int, int] = (1, 1)) -> None:
+        """From dz (B, Ho, Wo, F), the gradient w.r.t. the pre-activation
+        output: dw (kh, kw, C, F), db (F,) if not None, dx like x if not None
+        (pass None for a first layer)."""
+        raise NotImplementedError
+
+    def maxpool2d_fwd(self, x: Any, out: Any, argmax: Any, *,
+                      pool: Tuple[int, int] = (2, 2),
+                      strides: Optional[Tuple[int, int]] = None,
+                      padding: Tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        """out = window max; argmax (int32 or int64, out's shape) = flat index
+        (h*W + w)*C + c of the max within its image (first max in row-major
+        window order; NaN propagates). strides None means ``pool``; every
+        pad must be smaller than the window."""
+        raise NotImplementedError
+
+    def maxpool2d_bwd(self, dy: Any, argmax: Any, dx: Any) -> None:
+        """dx = 0, then dx[b].flat[argmax[b]] += dy[b] (deterministic order)."""
+        raise NotImplementedError
+
+    def avgpool2d_fwd(self, x: Any, out: Any, *, pool: Tuple[int, int] = (2, 2),
+                      strides: Optional[Tuple[int, int]] = None,
+                      padding: Tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        """out = mean over each window's in-image elements (Keras 'same')."""
+        raise NotImplementedError
+
+    def avgpool2d_bwd(self, dy: Any, dx: Any, *, pool: Tuple[int, int] = (2, 2),
+                      strides: Optional[Tuple[int, int]] = None,
+                      padding: Tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        """dx = 0, then each window's in-image elements += dy / their count."""
+        raise NotImplementedError
+
+    def global_avgpool_fwd(self, x: Any, out: Any) -> None:
+        """out (B, C) = mean of x (B, H, W, C) over H and W."""
+        raise NotImplementedError
+
+    def global_avgpool_bwd(self, dy: Any, dx: Any) -> None:
+        """dx (B, H, W, C) = dy (B, C) / (H*W)."""
+        raise NotImplementedError
+
+    def global_maxpool_fwd(self, x: Any, out: Any, argmax: Any) -> None:
+        """out (B, C) = max over H and W; argmax (B, C) int32/int64 = flat
+        index (h*W + w)*C + c within the image."""
+        raise NotImplementedError
+
+    def global_maxpool_bwd(self, dy: Any, argmax: Any, dx: Any) -> None:
+        """dx = 0, then dx[b].flat[argmax[b]] += dy[b]."""
+        raise NotImplementedError
+
+    def zeropad2d_fwd(self, x: Any, out: Any, *,
+                      padding: Tuple[int, int, int, int]) -> None:
+        """out (B, H+top+bottom, W+left+right, C) = x surrounded by zeros."""
+        raise NotImplementedError
+
+    def zeropad2d_bwd(self, dy: Any, dx: Any, *,
+                      padding: Tuple[int, int, int, int]) -> None:
+        """dx = the interior of dy."""
+        raise NotImplementedError
+
+    def batchnorm_fwd_train(self, x: Any, out: Any, gamma: Optional[Any],
+                            beta: Optional[Any], moving_mean: Any, moving_var: Any,
+                            save_mean: Any, save_invstd: Any, *,
+                            momentum: float = 0.99, epsilon: float = 1e-3) -> None:
+        """Keras training-mode batch norm over the last axis of x (rows, C)
+        or (B, H, W, C): batch mean m and biased variance v; out =
+        (x - m) / sqrt(v + epsilon) * gamma + beta (gamma / beta None: 1 / 0);
+        save_mean = m, save_invstd = 1 / sqrt(v + epsilon); in place,
+        moving = moving*momentum + batch*(1 - momentum) for m and v."""
+        raise NotImplementedError
+
+    def batchnorm_fwd_infer(self, x: Any, out: Any, gamma: Optional[Any],
+                            beta: Optional[Any], moving_mean: Any, moving_var: Any, *,
+                            epsilon: float = 1e-3) -> None:
+        """out = (x - moving_mean) / sqrt(moving_var + epsilon) * gamma + beta."""
+        raise NotImplementedError
+
+    def batchnorm_bwd(self, x: Any, dy: Any, gamma: Optional[Any], save_mean: Any,
+                      save_invstd: Any, dx: Any, dgamma: Optional[Any],
+                      dbeta: Optional[Any]) -> None:
+        """Gradients of batchnorm_fwd_train (given its save_mean / save_invstd):
+        dbeta = sum dy, dgamma = sum dy*xhat, dx = gamma*invstd*(dy -
+        dbeta/n - xhat*dgamma/n) with n the rows; dgamma / dbeta may be None."""
+        raise NotImplementedError
+
 
 def check_kind(kind: str, allowed: Tuple[str, ...], what: str) -> None:
     if kind not in allowed:
