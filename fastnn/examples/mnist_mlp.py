@@ -46,8 +46,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="directory holding the MNIST IDX files (plain or .gz); "
                              "default: $FASTNN_DATA/mnist, then ~/.fastnn/datasets/mnist")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to train (default cpu)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="where to train (default: $FASTNN_DEVICE, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--save", metavar="PATH", default=None,
                         help="save the trained model here (not saved by default)")
