@@ -1,30 +1,827 @@
-/* Placeholder SGEMM: correct, OpenMP over rows of C, K summed in order.
- * Replaced by the packed, blocked kernel (see fastnn.h for the contract). */
+/* Packed, blocked SGEMM (contract in fastnn.h).
+ *
+ * Each thread computes one rectangle of C with the serial blocked algorithm:
+ *
+ *   for jc in N step NC:          B block KC x NC, packed, lives in L2
+ *     for pc in K step kc:
+ *       pack B[pc.., jc..]
+ *       for ic in M step MC:      A block MC x kc, packed
+ *         pack A[ic.., pc..]
+ *         for ir in MC step MR:   A micro-panel MR x kc, lives in L1
+ *           for jr in NC step NR: micro-kernel: C tile MR x NR
+ *
+ * Packing absorbs the transposes, so all four cases run the same
+ * micro-kernel.  Packed operands are "k-major": for each k, MR consecutive
+ * rows of op(A) (NR consecutive columns of op(B)).  A stored transposed and B
+ * stored plain already have that layout (with a stride), and plain A can be
+ * read in place by a row-pointer variant of the kernel; when packing would
+ * cost more than it saves (few columns or rows reuse it), those operands are
+ * read in place and only their ragged edge strips are packed.
+ *
+ * Determinism: every element of C is an FMA chain over k in increasing order
+ * within fixed K blocks (their size depends on K only), stored as
+ * alpha * acc + beta * C with beta = 1 after the first block.  Every kernel
+ * variant, tile position and operand layout computes an element the same way,
+ * and threads split only M and N, so results do not depend on the thread
+ * count.  (The portable, AVX2 and AVX-512 kernels may differ from each other
+ * in the last bit.)
+ */
+#define _POSIX_C_SOURCE 200809L
 #include "fastnn.h"
 
-static inline float load_a(int trans_a, const float *A, int64_t lda, int64_t i, int64_t k)
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FNN_X86 1
+#include <immintrin.h>
+#else
+#define FNN_X86 0
+#endif
+
+/* ---- blocking ------------------------------------------------------------ */
+
+#define KC 384          /* longest K block                                     */
+#define MC 144          /* rows of A packed at once (multiple of every MR)     */
+#define NC 512          /* columns of B packed at once (multiple of every NR)  */
+#define MR_MAX 16
+#define NR_MAX 32
+
+/* Micro-kernel: C[0:mr, 0:nr] (leading dim ldc) = alpha * acc + beta * C where
+ * acc[i][j] = sum over k < kc of A(i, k) * b[k*sb + j].  A(i, k) is
+ * a[k*sa + i] ("k-major") or, for the row variant, a[i*sa + k].  The kernel
+ * reads its full tile of A and B (callers pad ragged edges) and writes only
+ * the mr x nr corner; beta == 0 never reads C. */
+typedef void (*ukr_fn)(int64_t kc, const float *a, int64_t sa,
+                       const float *b, int64_t sb, float *c, int64_t ldc,
+                       int mr, int nr, float alpha, float beta);
+
+/* Packers.  Source X holds n "lanes" (rows of op(A) or columns of op(B)) over
+ * kc steps of k; dst receives them in P-lane micro-panels, k-major
+ * (dst[p*P*kc + k*P + l]), lanes past n zero-filled.
+ *   copy: lane l of step k is at X[k*ld + l]  (A transposed, B plain)
+ *   tp:   lane l of step k is at X[l*ld + k]  (A plain, B transposed) */
+typedef void (*pack_fn)(const float *X, int64_t ld, int64_t kc, int64_t n,
+                        int P, float *dst);
+
+typedef struct {
+    int mr, nr;           /* full tile                                        */
+    int mr_var[3];        /* row counts of the kernel variants, ascending     */
+    ukr_fn ukr[3][2];     /* [row variant][nr <= nr/2 ? 0 : 1], k-major A     */
+    ukr_fn ukr_row[2];    /* full-height tile, A row-major in place, or NULL  */
+    pack_fn pack_copy, pack_tp;
+} kernel_desc;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* ---- portable micro-kernel ----------------------------------------------- */
+
+#define GEN_MR 4
+#define GEN_NR 16
+
+static void ukr_generic(int64_t kc, const float *a, int64_t sa,
+                        const float *b, int64_t sb, float *c, int64_t ldc,
+                        int mr, int nr, float alpha, float beta)
 {
-    return trans_a ? A[k * lda + i] : A[i * lda + k];
+    float acc[GEN_MR][GEN_NR];
+    for (int i = 0; i < GEN_MR; i++)
+        for (int j = 0; j < GEN_NR; j++)
+            acc[i][j] = 0.0f;
+    for (int64_t k = 0; k < kc; k++) {
+        const float *ak = a + k * sa;
+        const float *bk = b + k * sb;
+        for (int i = 0; i < GEN_MR; i++) {
+            const float ai = ak[i];
+            for (int j = 0; j < GEN_NR; j++)
+                acc[i][j] += ai * bk[j];
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (beta == 0.0f) {
+            for (int j = 0; j < nr; j++)
+                ci[j] = alpha * acc[i][j];
+        } else {
+            for (int j = 0; j < nr; j++)
+                ci[j] = alpha * acc[i][j] + beta * ci[j];
+        }
+    }
 }
 
-static inline float load_b(int trans_b, const float *B, int64_t ldb, int64_t k, int64_t j)
+/* ---- portable packing --------------------------------------------------- */
+
+static void pack_copy_generic(const float *X, int64_t ld, int64_t kc,
+                              int64_t n, int P, float *dst)
 {
-    return trans_b ? B[j * ldb + k] : B[k * ldb + j];
+    for (int64_t k = 0; k < kc; k++) {
+        const float *xk = X + k * ld;
+        for (int64_t lp = 0; lp < n; lp += P) {
+            const int w = (int)(n - lp < P ? n - lp : P);
+            float *d = dst + lp * kc + k * P;
+            int l = 0;
+            for (; l < w; l++)
+                d[l] = xk[lp + l];
+            for (; l < P; l++)
+                d[l] = 0.0f;
+        }
+    }
 }
+
+static void pack_tp_generic(const float *X, int64_t ld, int64_t kc,
+                            int64_t n, int P, float *dst)
+{
+    for (int64_t lp = 0; lp < n; lp += P) {
+        const int w = (int)(n - lp < P ? n - lp : P);
+        float *d = dst + lp * kc;
+        int l = 0;
+        for (; l < w; l++) {
+            const float *x = X + (lp + l) * ld;
+            for (int64_t k = 0; k < kc; k++)
+                d[k * P + l] = x[k];
+        }
+        for (; l < P; l++)
+            for (int64_t k = 0; k < kc; k++)
+                d[k * P + l] = 0.0f;
+    }
+}
+
+/* ---- x86 SIMD micro-kernels ---------------------------------------------- */
+
+#if FNN_X86
+
+#define TGT_AVX2 __attribute__((target("avx2,fma")))
+#define TGT_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* AVX2/FMA: 6 x 16 (12 accumulators). */
+#define A2_MR 6
+#define A2_NR 16
+
+static TGT_AVX2 void ukr_avx2(int64_t kc, const float *a, int64_t sa,
+                              const float *b, int64_t sb, float *c,
+                              int64_t ldc, int mr, int nr, float alpha,
+                              float beta)
+{
+    __m256 acc[A2_MR][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < A2_MR; i++) {
+        acc[i][0] = _mm256_setzero_ps();
+        acc[i][1] = _mm256_setzero_ps();
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 16
+        for (int i = 0; i < A2_MR; i++) {
+            const __m256 ai = _mm256_broadcast_ss(a + i);
+            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        a += sa;
+        b += sb;
+    }
+    const __m256 va = _mm256_set1_ps(alpha);
+    const __m256 vb = _mm256_set1_ps(beta);
+    if (mr == A2_MR && nr == A2_NR) {
+#pragma GCC unroll 16
+        for (int i = 0; i < A2_MR; i++) {
+            float *ci = c + i * ldc;
+            __m256 r0, r1;
+            if (beta == 0.0f) {
+                r0 = _mm256_mul_ps(acc[i][0], va);
+                r1 = _mm256_mul_ps(acc[i][1], va);
+            } else {
+                r0 = _mm256_fmadd_ps(acc[i][0], va,
+                                     _mm256_mul_ps(vb, _mm256_loadu_ps(ci)));
+                r1 = _mm256_fmadd_ps(acc[i][1], va,
+                                     _mm256_mul_ps(vb, _mm256_loadu_ps(ci + 8)));
+            }
+            _mm256_storeu_ps(ci, r0);
+            _mm256_storeu_ps(ci + 8, r1);
+        }
+    } else {
+        /* Edge tile: same arithmetic, one element at a time. */
+        float t[A2_MR][A2_NR];
+#pragma GCC unroll 16
+        for (int i = 0; i < A2_MR; i++) {
+            _mm256_storeu_ps(t[i], acc[i][0]);
+            _mm256_storeu_ps(t[i] + 8, acc[i][1]);
+        }
+        const __m128 sa1 = _mm_set_ss(alpha), sb1 = _mm_set_ss(beta);
+        for (int i = 0; i < mr; i++) {
+            float *ci = c + i * ldc;
+            for (int j = 0; j < nr; j++) {
+                const __m128 x = _mm_set_ss(t[i][j]);
+                __m128 r;
+                if (beta == 0.0f)
+                    r = _mm_mul_ss(x, sa1);
+                else
+                    r = _mm_fmadd_ss(x, sa1, _mm_mul_ss(sb1, _mm_set_ss(ci[j])));
+                ci[j] = _mm_cvtss_f32(r);
+            }
+        }
+    }
+}
+
+/* AVX-512: 12 x 32 tile (24 zmm accumulators), with 8- and 4-row and
+ * 16-column variants for ragged edges, and a variant that reads A row-major
+ * in place.  Every variant runs the same per-element FMA chain. */
+#define A5_MR 12
+#define A5_NR 32
+
+static TGT_AVX512 ALWAYS_INLINE void
+k512_body(const int MR, const int NV, const int AROW, int64_t kc,
+          const float *a, int64_t sa, const float *b, int64_t sb, float *c,
+          int64_t ldc, int mr, int nr, float alpha, float beta)
+{
+    __m512 acc[A5_MR][2];
+    /* The C tile is needed only after the K loop: start fetching it now. */
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        if (NV == 2)
+            _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; v++)
+            acc[i][v] = _mm512_setzero_ps();
+
+    if (AROW) {
+        /* Row i of A at base[i / 4] + off[i % 4]: six registers, not MR. */
+        const float *base[3] = {a, a + 4 * sa, a + 8 * sa};
+        const int64_t off[4] = {0, sa, 2 * sa, 3 * sa};
+        for (int64_t k = 0; k < kc; k++) {
+            __m512 bv[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                bv[v] = _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++) {
+                const __m512 ai = _mm512_set1_ps(base[i >> 2][off[i & 3] + k]);
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+            }
+            b += sb;
+        }
+    } else {
+        for (int64_t k = 0; k < kc; k++) {
+            __m512 bv[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                bv[v] = _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++) {
+                const __m512 ai = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+            }
+            a += sa;
+            b += sb;
+        }
+    }
+
+    const __m512 va = _mm512_set1_ps(alpha);
+    const __m512 vb = _mm512_set1_ps(beta);
+    __mmask16 m[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; v++) {
+        const int w = nr - 16 * v;
+        m[v] = (__mmask16)(w >= 16 ? 0xFFFFu : w <= 0 ? 0u : (1u << w) - 1u);
+    }
+    if (nr == 16 * NV) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            if (i < mr) {
+                float *ci = c + i * ldc;
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++) {
+                    __m512 r = _mm512_mul_ps(acc[i][v], va);
+                    if (beta == 1.0f)
+                        r = _mm512_fmadd_ps(acc[i][v], va,
+                                            _mm512_loadu_ps(ci + 16 * v));
+                    else if (beta != 0.0f)
+                        r = _mm512_fmadd_ps(acc[i][v], va,
+                                _mm512_mul_ps(vb, _mm512_loadu_ps(ci + 16 * v)));
+                    _mm512_storeu_ps(ci + 16 * v, r);
+                }
+            }
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            if (i < mr) {
+                float *ci = c + i * ldc;
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++) {
+                    __m512 r = _mm512_mul_ps(acc[i][v], va);
+                    if (beta != 0.0f)
+                        r = _mm512_fmadd_ps(acc[i][v], va, _mm512_mul_ps(vb,
+                                _mm512_maskz_loadu_ps(m[v], ci + 16 * v)));
+                    _mm512_mask_storeu_ps(ci + 16 * v, m[v], r);
+                }
+            }
+        }
+    }
+}
+
+#define K512(NAME, MR, NV, AROW)                                              \
+    static TGT_AVX512 void NAME(int64_t kc, const float *a, int64_t sa,       \
+                                const float *b, int64_t sb, float *c,         \
+                                int64_t ldc, int mr, int nr, float alpha,     \
+                                float beta)                                   \
+    {                                                                         \
+        k512_body(MR, NV, AROW, kc, a, sa, b, sb, c, ldc, mr, nr, alpha,      \
+                  beta);                                                      \
+    }
+K512(ukr512_12x32, 12, 2, 0)
+K512(ukr512_12x16, 12, 1, 0)
+K512(ukr512_8x32, 8, 2, 0)
+K512(ukr512_8x16, 8, 1, 0)
+K512(ukr512_4x32, 4, 2, 0)
+K512(ukr512_4x16, 4, 1, 0)
+K512(ukr512_row_12x32, 12, 2, 1)
+K512(ukr512_row_12x16, 12, 1, 1)
+
+/* ---- x86 packing (AVX2; also used by the AVX-512 kernel) ---------------- */
+
+/* d[0:w] = x[0:w], d[w:P] = 0. */
+static TGT_AVX2 ALWAYS_INLINE void copy_pad(const float *x, int w, float *d,
+                                            int P)
+{
+    int l = 0;
+    for (; l + 8 <= w; l += 8)
+        _mm256_storeu_ps(d + l, _mm256_loadu_ps(x + l));
+    for (; l < w; l++)
+        d[l] = x[l];
+    for (; l < P; l++)
+        d[l] = 0.0f;
+}
+
+static TGT_AVX2 void pack_copy_avx2(const float *X, int64_t ld, int64_t kc,
+                                    int64_t n, int P, float *dst)
+{
+    for (int64_t k = 0; k < kc; k++) {
+        const float *xk = X + k * ld;
+        for (int64_t lp = 0; lp < n; lp += P) {
+            const int w = (int)(n - lp < P ? n - lp : P);
+            copy_pad(xk + lp, w, dst + lp * kc + k * P, P);
+        }
+    }
+}
+
+/* d[c*ldd + r] = x[r*ldx + c] for r, c < 8. */
+static TGT_AVX2 ALWAYS_INLINE void tp8x8(const float *x, int64_t ldx,
+                                         float *d, int64_t ldd)
+{
+    const __m256 r0 = _mm256_loadu_ps(x), r1 = _mm256_loadu_ps(x + ldx);
+    const __m256 r2 = _mm256_loadu_ps(x + 2 * ldx);
+    const __m256 r3 = _mm256_loadu_ps(x + 3 * ldx);
+    const __m256 r4 = _mm256_loadu_ps(x + 4 * ldx);
+    const __m256 r5 = _mm256_loadu_ps(x + 5 * ldx);
+    const __m256 r6 = _mm256_loadu_ps(x + 6 * ldx);
+    const __m256 r7 = _mm256_loadu_ps(x + 7 * ldx);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* d[c*ldd + r] = x[r*ldx + c] for r < 4, c < 8. */
+static TGT_AVX2 ALWAYS_INLINE void tp4x8(const float *x, int64_t ldx,
+                                         float *d, int64_t ldd)
+{
+    for (int h = 0; h < 8; h += 4) {
+        __m128 r0 = _mm_loadu_ps(x + h), r1 = _mm_loadu_ps(x + ldx + h);
+        __m128 r2 = _mm_loadu_ps(x + 2 * ldx + h);
+        __m128 r3 = _mm_loadu_ps(x + 3 * ldx + h);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(d + h * ldd, r0);
+        _mm_storeu_ps(d + (h + 1) * ldd, r1);
+        _mm_storeu_ps(d + (h + 2) * ldd, r2);
+        _mm_storeu_ps(d + (h + 3) * ldd, r3);
+    }
+}
+
+static TGT_AVX2 void pack_tp_avx2(const float *X, int64_t ld, int64_t kc,
+                                  int64_t n, int P, float *dst)
+{
+    const int64_t kc8 = kc & ~(int64_t)7;
+    for (int64_t lp = 0; lp < n; lp += P) {
+        const int w = (int)(n - lp < P ? n - lp : P);
+        float *d = dst + lp * kc;
+        const float *x = X + lp * ld;
+        int l = 0;
+        for (; l + 8 <= w; l += 8)
+            for (int64_t k = 0; k < kc8; k += 8)
+                tp8x8(x + l * ld + k, ld, d + k * P + l, P);
+        for (; l + 4 <= w; l += 4)
+            for (int64_t k = 0; k < kc8; k += 8)
+                tp4x8(x + l * ld + k, ld, d + k * P + l, P);
+        for (; l < w; l++)
+            for (int64_t k = 0; k < kc8; k++)
+                d[k * P + l] = x[l * ld + k];
+        for (; l < P; l++)
+            for (int64_t k = 0; k < kc8; k++)
+                d[k * P + l] = 0.0f;
+        for (int64_t k = kc8; k < kc; k++) {
+            for (l = 0; l < w; l++)
+                d[k * P + l] = x[l * ld + k];
+            for (; l < P; l++)
+                d[k * P + l] = 0.0f;
+        }
+    }
+}
+
+#endif /* FNN_X86 */
+
+/* ---- kernel selection ---------------------------------------------------- */
+
+enum { KSEL_AUTO = 0, KSEL_GENERIC = 1, KSEL_AVX2 = 2, KSEL_AVX512 = 3 };
+
+static const kernel_desc kd_generic = {
+    GEN_MR, GEN_NR, {GEN_MR, GEN_MR, GEN_MR},
+    {{ukr_generic, ukr_generic}, {ukr_generic, ukr_generic},
+     {ukr_generic, ukr_generic}},
+    {NULL, NULL}, pack_copy_generic, pack_tp_generic};
+
+#if FNN_X86
+static const kernel_desc kd_avx2 = {
+    A2_MR, A2_NR, {A2_MR, A2_MR, A2_MR},
+    {{ukr_avx2, ukr_avx2}, {ukr_avx2, ukr_avx2}, {ukr_avx2, ukr_avx2}},
+    {NULL, NULL}, pack_copy_avx2, pack_tp_avx2};
+
+static const kernel_desc kd_avx512 = {
+    A5_MR, A5_NR, {4, 8, 12},
+    {{ukr512_4x16, ukr512_4x32}, {ukr512_8x16, ukr512_8x32},
+     {ukr512_12x16, ukr512_12x32}},
+    {ukr512_row_12x16, ukr512_row_12x32}, pack_copy_avx2, pack_tp_avx2};
+#endif
+
+static int cpu_has(int ksel)
+{
+#if FNN_X86
+    if (ksel == KSEL_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (ksel == KSEL_AVX512)
+        return __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return ksel == KSEL_GENERIC;
+}
+
+static int best_kernel(void)
+{
+    if (cpu_has(KSEL_AVX512))
+        return KSEL_AVX512;
+    if (cpu_has(KSEL_AVX2))
+        return KSEL_AVX2;
+    return KSEL_GENERIC;
+}
+
+static const kernel_desc *kernel_for(int ksel)
+{
+#if FNN_X86
+    if (ksel == KSEL_AVX512)
+        return &kd_avx512;
+    if (ksel == KSEL_AVX2)
+        return &kd_avx2;
+#endif
+    (void)ksel;
+    return &kd_generic;
+}
+
+/* Set only by the testing hook below; read once per fnn_sgemm call. */
+static int forced_kernel = KSEL_AUTO;
+
+int fnn_sgemm_set_kernel(int kind)
+{
+    if (kind != KSEL_AUTO && !cpu_has(kind))
+        return -1;
+    forced_kernel = kind;
+    return 0;
+}
+
+int fnn_sgemm_get_kernel(void)
+{
+    const int f = forced_kernel;
+    return f != KSEL_AUTO ? f : best_kernel();
+}
+
+/* ---- per-thread packing buffers ----------------------------------------- */
+
+/* Each OS thread (OpenMP workers and any caller thread) owns one buffer,
+ * allocated on first use at the size every kernel fits in and freed by a
+ * thread-exit destructor. */
+#define BUF_A ((int64_t)MC * KC)
+#define BUF_B ((int64_t)NC * KC)
+#define BUF_EDGE_A ((int64_t)MR_MAX * KC)
+#define BUF_EDGE_B ((int64_t)KC * NR_MAX)
+#define BUF_FLOATS (BUF_A + BUF_B + BUF_EDGE_A + BUF_EDGE_B)
+
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+static int buf_key_ok = 0;
+static __thread float *tl_buf = NULL;
+
+static void buf_free(void *p) { free(p); }
+
+static void buf_key_init(void)
+{
+    buf_key_ok = pthread_key_create(&buf_key, buf_free) == 0;
+}
+
+static float *thread_buffer(void)
+{
+    if (tl_buf == NULL) {
+        void *p = NULL;
+        (void)pthread_once(&buf_once, buf_key_init);
+        if (!buf_key_ok)
+            return NULL;
+        if (posix_memalign(&p, 64, (size_t)BUF_FLOATS * sizeof(float)) != 0)
+            return NULL;
+        if (pthread_setspecific(buf_key, p) != 0) {
+            free(p);
+            return NULL;
+        }
+        tl_buf = (float *)p;
+    }
+    return tl_buf;
+}
+
+/* ---- serial blocked GEMM on one rectangle of C -------------------------- */
+
+typedef struct {
+    int ta, tb;
+    int64_t K;
+    float alpha, beta;
+    const float *A;
+    int64_t lda;
+    const float *B;
+    int64_t ldb;
+    float *C;
+    int64_t ldc;
+} gemm_args;
+
+/* Address of op(A)[i, k] and of op(B)[k, j]. */
+static inline const float *a_at(const gemm_args *g, int64_t i, int64_t k)
+{
+    return g->ta ? g->A + k * g->lda + i : g->A + i * g->lda + k;
+}
+
+static inline const float *b_at(const gemm_args *g, int64_t k, int64_t j)
+{
+    return g->tb ? g->B + j * g->ldb + k : g->B + k * g->ldb + j;
+}
+
+/* K block length: equal blocks (multiples of 8) instead of a short tail.
+ * Depends on K only, never on the thread split. */
+static int64_t k_block(int64_t K)
+{
+    const int64_t kb = ceil_div(K, ceil_div(K, KC));
+    return (kb + 7) & ~(int64_t)7;
+}
+
+/* Packing A costs about as much as a few FMAs per element and pays off only
+ * when many column tiles reuse it; with few columns A is read in place.  Same
+ * for B with few rows.  Row-major A needs the row-pointer kernel variant. */
+#define DIRECT_A_MAX_N 256
+#define DIRECT_B_MAX_M 128
+
+static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
+                      int64_t m1, int64_t n0, int64_t n1, float *buf)
+{
+    const int MR = kd->mr, NR = kd->nr;
+    const int64_t K = g->K, kcb = k_block(K);
+    const int pack_a =
+        n1 - n0 > DIRECT_A_MAX_N || (!g->ta && kd->ukr_row[1] == NULL);
+    const int pack_b = g->tb || m1 - m0 > DIRECT_B_MAX_M;
+    float *bufa = buf;
+    float *bufb = bufa + BUF_A;
+    float *edge_a = bufb + BUF_B;
+    float *edge_b = edge_a + BUF_EDGE_A;
+
+    for (int64_t jc = n0; jc < n1; jc += NC) {
+        const int64_t nc = n1 - jc < NC ? n1 - jc : NC;
+        const int64_t nfull = pack_b ? nc : nc / NR * NR;
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            const int64_t kc = K - pc < kcb ? K - pc : kcb;
+            const float beta = pc == 0 ? g->beta : 1.0f;
+            if (pack_b) {
+                if (g->tb)
+                    kd->pack_tp(b_at(g, pc, jc), g->ldb, kc, nc, NR, bufb);
+                else
+                    kd->pack_copy(b_at(g, pc, jc), g->ldb, kc, nc, NR, bufb);
+            } else if (nfull < nc) {
+                kd->pack_copy(b_at(g, pc, jc + nfull), g->ldb, kc, nc - nfull,
+                              NR, edge_b);
+            }
+            for (int64_t ic = m0; ic < m1; ic += MC) {
+                const int64_t mc = m1 - ic < MC ? m1 - ic : MC;
+                const int64_t mfull = pack_a ? mc : mc / MR * MR;
+                if (pack_a || mfull < mc) {
+                    float *dst = pack_a ? bufa : edge_a;
+                    const float *src = a_at(g, ic + (pack_a ? 0 : mfull), pc);
+                    const int64_t rows = pack_a ? mc : mc - mfull;
+                    if (g->ta)
+                        kd->pack_copy(src, g->lda, kc, rows, MR, dst);
+                    else
+                        kd->pack_tp(src, g->lda, kc, rows, MR, dst);
+                }
+                for (int64_t ir = 0; ir < mc; ir += MR) {
+                    const int mr = (int)(mc - ir < MR ? mc - ir : MR);
+                    const float *ap;
+                    int64_t sa;
+                    int row = 0;
+                    if (pack_a) {
+                        ap = bufa + ir * kc;
+                        sa = MR;
+                    } else if (ir < mfull) {
+                        ap = a_at(g, ic + ir, pc);
+                        sa = g->lda;
+                        row = !g->ta;
+                    } else {
+                        ap = edge_a;
+                        sa = MR;
+                    }
+                    int v = 0;
+                    while (kd->mr_var[v] < mr)
+                        v++;
+                    float *crow = g->C + (ic + ir) * g->ldc;
+                    for (int64_t jr = 0; jr < nc; jr += NR) {
+                        const int nr = (int)(nc - jr < NR ? nc - jr : NR);
+                        const int wide = 2 * nr > NR;
+                        const float *bp;
+                        int64_t sb;
+                        if (pack_b) {
+                            bp = bufb + jr * kc;
+                            sb = NR;
+                        } else if (jr < nfull) {
+                            bp = b_at(g, pc, jc + jr);
+                            sb = g->ldb;
+                        } else {
+                            bp = edge_b;
+                            sb = NR;
+                        }
+                        const ukr_fn f = row ? kd->ukr_row[wide] : kd->ukr[v][wide];
+                        f(kc, ap, sa, bp, sb, crow + jc + jr, g->ldc, mr, nr,
+                          g->alpha, beta);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- special cases ------------------------------------------------------- */
+
+/* C = beta * C (C not read when beta == 0). */
+static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc)
+{
+    for (int64_t i = 0; i < M; i++) {
+        float *ci = C + i * ldc;
+        if (beta == 0.0f)
+            memset(ci, 0, (size_t)N * sizeof(float));
+        else if (beta != 1.0f)
+            for (int64_t j = 0; j < N; j++)
+                ci[j] *= beta;
+    }
+}
+
+/* Unblocked GEMM, used only if a packing buffer cannot be allocated. */
+static void gemm_naive(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0,
+                       int64_t n1)
+{
+    for (int64_t i = m0; i < m1; i++) {
+        for (int64_t j = n0; j < n1; j++) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < g->K; k++)
+                acc += *a_at(g, i, k) * *b_at(g, k, j);
+            float *c = g->C + i * g->ldc + j;
+            *c = g->beta == 0.0f ? g->alpha * acc
+                                 : g->alpha * acc + g->beta * *c;
+        }
+    }
+}
+
+static void run_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
+                     int64_t m1, int64_t n0, int64_t n1)
+{
+    float *buf = thread_buffer();
+    if (buf != NULL)
+        gemm_rect(kd, g, m0, m1, n0, n1, buf);
+    else
+        gemm_naive(g, m0, m1, n0, n1);
+}
+
+/* ---- threading ----------------------------------------------------------- */
+
+/* Picks a tm x tn grid of threads (tm * tn == nt) minimising the estimated
+ * time of the slowest thread: multiply-adds on its rectangle (in whole
+ * tiles) plus packing its share of A and B. */
+static void pick_grid(int nt, int64_t M, int64_t N, int64_t K, int MR, int NR,
+                      int *tm_out, int *tn_out)
+{
+    const int64_t mt = ceil_div(M, MR), ntl = ceil_div(N, NR);
+    double best = -1.0;
+    int btm = 1, btn = 1;
+    for (int tm = 1; tm <= nt; tm++) {
+        if (nt % tm)
+            continue;
+        const int tn = nt / tm;
+        if (tm > mt || tn > ntl)
+            continue;
+        double rows = (double)ceil_div(mt, tm) * MR;
+        double cols = (double)ceil_div(ntl, tn) * NR;
+        if (rows > (double)M)
+            rows = (double)M;
+        if (cols > (double)N)
+            cols = (double)N;
+        const double cost = (ceil_div((int64_t)rows, 4) * 4.0) *
+                                (ceil_div((int64_t)cols, 16) * 16.0) *
+                                (double)K / 16.0 +
+                            (rows + cols) * (double)K / 4.0;
+        if (best < 0.0 || cost < best) {
+            best = cost;
+            btm = tm;
+            btn = tn;
+        }
+    }
+    *tm_out = btm;
+    *tn_out = btn;
+}
+
+/* Below this many multiply-adds a parallel region costs more than it saves. */
+#define PAR_MIN_WORK ((int64_t)96 * 96 * 96)
 
 void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb,
                float beta, float *C, int64_t ldc)
 {
-    #pragma omp parallel for schedule(static) if (M * N * K > 32768)
-    for (int64_t i = 0; i < M; i++) {
-        for (int64_t j = 0; j < N; j++) {
-            float acc = 0.0f;
-            for (int64_t k = 0; k < K; k++)
-                acc += load_a(trans_a, A, lda, i, k) * load_b(trans_b, B, ldb, k, j);
-            float prev = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-            C[i * ldc + j] = alpha * acc + prev;
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    const kernel_desc *kd = kernel_for(fnn_sgemm_get_kernel());
+    const gemm_args g = {trans_a != 0, trans_b != 0, K, alpha, beta,
+                         A, lda, B, ldb, C, ldc};
+
+    int nt = fnn_get_num_threads();
+#ifdef _OPENMP
+    if (omp_in_parallel())
+        nt = 1;
+#endif
+    if (M * N * K < PAR_MIN_WORK)
+        nt = 1;
+    int tm = 1, tn = 1;
+    if (nt > 1)
+        pick_grid(nt, M, N, K, kd->mr, kd->nr, &tm, &tn);
+    nt = tm * tn;
+    if (nt == 1) {
+        run_rect(kd, &g, 0, M, 0, N);
+        return;
+    }
+    /* Rectangles start on tile boundaries. */
+    const int64_t mblk = ceil_div(ceil_div(M, kd->mr), tm) * kd->mr;
+    const int64_t nblk = ceil_div(ceil_div(N, kd->nr), tn) * kd->nr;
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), step = omp_get_num_threads();
+#else
+        const int t = 0, step = 1;
+#endif
+        /* A loop in case the runtime granted fewer threads than asked. */
+        for (int r = t; r < nt; r += step) {
+            const int64_t m0 = (r / tn) * mblk, n0 = (r % tn) * nblk;
+            const int64_t m1 = m0 + mblk < M ? m0 + mblk : M;
+            const int64_t n1 = n0 + nblk < N ? n0 + nblk : N;
+            if (m0 < m1 && n0 < n1)
+                run_rect(kd, &g, m0, m1, n0, n1);
         }
     }
 }
