@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import os
 
-from . import _C
+# libgomp reads its wait policy once, when it loads (with _C below). By default
+# idle workers spin for ~300k iterations after every parallel region, which
+# steals the cores from whatever runs next: NumPy's own BLAS threads, the Python
+# loop, other processes. Measured on 2 cores (bench/bench_spin.py), a NumPy
+# matmul right after a fastnn kernel ran up to 15-145x slower with spinning and
+# ~1.0x with passive waiting, and an MNIST MLP epoch was faster passive too.
+# Users who set either variable themselves keep their choice.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+from . import _C  # noqa: E402
 
 
 def set_num_threads(n: int) -> None:

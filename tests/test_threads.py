@@ -1,0 +1,107 @@
+"""Threads: results independent of the thread count, fork safety, pool control."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import Sequential
+from fastnn.layers import Dense, Dropout, Flatten
+from fastnn.utils import set_random_seed
+
+
+def _train(threads):
+    fastnn.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.random((3000, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 3000)
+    set_random_seed(11)
+    model = Sequential([Dense(256, activation="relu", input_shape=(784,)), Dropout(0.2),
+                        Dense(128, activation="tanh"), Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(x, y, epochs=1, batch_size=128, verbose=0)
+    return model.get_weights()
+
+
+def test_weights_after_an_epoch_are_bit_identical_at_1_and_2_threads():
+    before = fastnn.get_num_threads()
+    try:
+        one, two = _train(1), _train(2)
+    finally:
+        fastnn.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_set_num_threads_validates_and_round_trips():
+    before = fastnn.get_num_threads()
+    try:
+        fastnn.set_num_threads(1)
+        assert fastnn.get_num_threads() == 1
+    finally:
+        fastnn.set_num_threads(before)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError):
+            fastnn.set_num_threads(bad)
+
+
+def _run(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter that imports the same fastnn as this one."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastnn.__file__)))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, cwd=os.path.dirname(__file__), env=env)
+
+
+def test_fork_after_training_does_not_hang():
+    result = _run("""
+        import multiprocessing as mp, numpy as np, fastnn
+        from fastnn.layers import Dense
+        fastnn.set_num_threads(2)
+        x = np.random.rand(512, 64).astype(np.float32); y = np.random.randint(0, 4, 512)
+        m = fastnn.Sequential([Dense(64, activation="relu", input_shape=(64,)),
+                               Dense(4, activation="softmax")])
+        m.compile("adam", "sparse_categorical_crossentropy")
+        m.fit(x, y, epochs=1, batch_size=64, verbose=0)
+
+        def child(q):
+            q.put((fastnn.get_num_threads(), float(m.predict(x[:256], verbose=0).sum())))
+
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        threads, total = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        assert threads == 1, threads
+        assert abs(total - float(m.predict(x[:256], verbose=0).sum())) < 1e-3
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_threadpoolctl_sees_and_limits_the_openmp_pool():
+    pytest.importorskip("threadpoolctl")
+    result = _run("""
+        import fastnn
+        from threadpoolctl import threadpool_info, threadpool_limits
+        assert any(i["user_api"] == "openmp" for i in threadpool_info()), threadpool_info()
+        with threadpool_limits(limits=1, user_api="openmp"):
+            print(fastnn.get_num_threads())
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+def test_import_is_light():
+    result = _run("""
+        import sys, fastnn
+        heavy = [m for m in ("numba", "mpi4py", "torch") if m in sys.modules]
+        print(heavy)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
