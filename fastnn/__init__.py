@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ._threads import get_num_threads, set_num_threads
 from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, utils
+from . import models
 from .layers import Input
 from .model import Model, Sequential
 

@@ -657,7 +657,8 @@ class Model:
             first_epoch = int(resume["epoch"]) if resume else int(initial_epoch)
             for epoch in range(first_epoch, int(epochs)):
                 first_step = 0
-                if resume and epoch == first_epoch:
+                # A checkpoint at step 0 is an epoch boundary: that epoch starts afresh.
+                if resume and epoch == first_epoch and int(resume["step"]) > 0:
                     order = resume["order"]
                     first_step = int(resume["step"])
                     tracker.restore(resume["totals"], min(batch_size, len(x)))
