@@ -18,7 +18,15 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+import warnings  # noqa: E402
+
 from . import _C  # noqa: E402
+
+if not _C.has_openmp():
+    # pip hides build output, so the build's warning may never have been seen.
+    warnings.warn("fastnn was built without OpenMP: every kernel runs on one thread. "
+                  "Rebuild with an OpenMP-capable compiler (gcc, or clang with libomp).",
+                  RuntimeWarning, stacklevel=2)
 
 
 def set_num_threads(n: int) -> None:

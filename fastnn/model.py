@@ -515,32 +515,37 @@ class Model:
             opt._segments = self._param_segments()
 
     class _Tracker:
-        """Running loss and metric means, read from the backend's accumulators."""
+        """Running loss and metric sums, read from the backend's accumulators.
+
+        The loss kernels add each batch's MEAN loss; to turn those into a sum
+        over samples, batches of the common size add into slot 0 and the one
+        batch of another size an epoch can have (the last) into slot 1, each
+        later weighted by its row count. Sharded batches (MPI) work the same.
+        """
 
         def __init__(self, model: "Model", prefix: str = ""):
             self.model, self.prefix = model, prefix
             n = len(model._compiled.metrics)
             self.loss_acc = model.backend.zeros((2,), "float64")
             self.metric_acc = model.backend.zeros((max(n, 1),), "float64")
-            self.partial_rows = 0
-            self.seen = 0
-            self.batch_rows = 0
+            self.reset()
 
-        def reset(self, batch_rows: int) -> None:
+        def reset(self) -> None:
             backend = self.model.backend
             backend.fill_(self.loss_acc, 0.0)
             backend.fill_(self.metric_acc, 0.0)
-            self.partial_rows = self.seen = 0
-            self.batch_rows = batch_rows
+            self.slot_rows = [0, 0]
+            self.seen = 0
+            # Sums carried over from an interrupted epoch (see restore).
+            self.base = np.zeros(len(self.model._compiled.metrics) + 1)
 
         def acc_for(self, rows: int) -> Any:
-            # Each slot sums batch means; the full-size and the last partial
-            # batch sum separately so the epoch mean can weight them by rows.
-            if rows == self.batch_rows:
-                slot = 0
+            if self.slot_rows[0] in (0, rows):
+                self.slot_rows[0], slot = rows, 0
+            elif self.slot_rows[1] in (0, rows):
+                self.slot_rows[1], slot = rows, 1
             else:
-                self.partial_rows = rows
-                slot = 1
+                raise RuntimeError("internal: more than two batch sizes in one epoch")
             self.seen += rows
             return self.loss_acc[slot:slot + 1]
 
@@ -548,22 +553,18 @@ class Model:
             """[sum of sample losses, sum of each metric, samples seen] (float64)."""
             model = self.model
             loss_sums = model.backend.to_numpy(self.loss_acc)
-            loss_total = loss_sums[0] * self.batch_rows + loss_sums[1] * self.partial_rows
+            loss_total = loss_sums[0] * self.slot_rows[0] + loss_sums[1] * self.slot_rows[1]
             n = len(model._compiled.metrics)
             metric_sums = np.asarray(model.backend.to_numpy(self.metric_acc))[:n]
-            return np.concatenate([[loss_total], metric_sums, [self.seen]]).astype(np.float64)
+            sums = np.concatenate([[loss_total], metric_sums]) + self.base
+            return np.concatenate([sums, [self.seen]]).astype(np.float64)
 
-        def restore(self, totals: np.ndarray, batch_rows: int) -> None:
+        def restore(self, totals: np.ndarray) -> None:
             """Continues from ``totals()`` of an interrupted epoch."""
-            self.reset(batch_rows)
+            self.reset()
             totals = np.asarray(totals, dtype=np.float64)
+            self.base = totals[:-1].copy()
             self.seen = int(totals[-1])
-            # Re-express the loss total as full-batch means, the slot-0 convention.
-            loss = np.array([totals[0] / batch_rows if batch_rows else 0.0, 0.0])
-            self.model.backend.copy_(self.loss_acc, self.model.backend.asarray(loss))
-            metrics = np.zeros(self.metric_acc.shape[0])
-            metrics[:len(totals) - 2] = totals[1:-1]
-            self.model.backend.copy_(self.metric_acc, self.model.backend.asarray(metrics))
 
         def logs(self, reduce: bool = False) -> Dict[str, float]:
             totals = self.totals()
@@ -661,9 +662,9 @@ class Model:
                 if resume and epoch == first_epoch and int(resume["step"]) > 0:
                     order = resume["order"]
                     first_step = int(resume["step"])
-                    tracker.restore(resume["totals"], min(batch_size, len(x)))
+                    tracker.restore(resume["totals"])
                 else:
-                    tracker.reset(min(batch_size, len(x)))
+                    tracker.reset()
                     cbs.call("on_epoch_begin", epoch, None)
                     order = global_rng().permutation(len(x)) if shuffle else None
                 self.epoch_order = order
@@ -740,7 +741,6 @@ class Model:
         x_dev, y_dev = backend.stage(x[lo:hi]), backend.stage(y[lo:hi])
         n = hi - lo
         tracker = self._Tracker(self, prefix)
-        tracker.reset(min(batch_size, n))
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             out = self._forward(x_dev[start:stop], training=False)
@@ -806,7 +806,6 @@ class Model:
         y = self._prepare_y(y, len(x))
         self._ensure_optimizer()
         tracker = self._Tracker(self)
-        tracker.reset(len(x))
         backend = self.backend
         self._train_step(backend.stage(x), backend.stage(y), tracker.acc_for(len(x)),
                          tracker.metric_acc)
