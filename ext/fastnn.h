@@ -61,6 +61,9 @@ void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
                    const float *w, const float *bias, float *y);
 /* db[c] = sum over r (in row order) of dz[r,c]. */
 void fnn_bias_grad(int64_t rows, int64_t cols, const float *dz, float *db);
+/* y[i] = exp(x[i]) within 1.3 ulp (saturates near FLT_MAX for x > 88.72),
+ * vectorised, single-threaded (a building block); y may alias x. */
+void fnn_vexpf(int64_t n, const float *x, float *y);
 
 /* ---- losses (loss.c) --------------------------------------------------- */
 /* Each returns the mean over rows of the per-sample loss (Keras's

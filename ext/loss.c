@@ -65,11 +65,13 @@ static inline double softmax_row(int64_t cols, const float *z, float *p)
     float m = z[0];
     for (int64_t c = 1; c < cols; c++)
         m = z[c] > m ? z[c] : m;
+    for (int64_t c = 0; c < cols; c++)
+        p[c] = z[c] - m;
+    /* The same exp as the softmax activation: probabilities agree exactly. */
+    fnn_vexpf(cols, p, p);
     double s = 0.0;
-    for (int64_t c = 0; c < cols; c++) {
-        p[c] = expf(z[c] - m);
+    for (int64_t c = 0; c < cols; c++)
         s += p[c];
-    }
     const float inv = (float)(1.0 / s);
     for (int64_t c = 0; c < cols; c++)
         p[c] *= inv;

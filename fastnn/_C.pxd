@@ -30,6 +30,7 @@ cdef extern from "fastnn.h" nogil:
     void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
                        const float *w, const float *bias, float *y)
     void fnn_bias_grad(int64_t rows, int64_t cols, const float *dz, float *db)
+    void fnn_vexpf(int64_t n, const float *x, float *y)
 
     double fnn_softmax_cce_logits(int64_t rows, int64_t cols, const float *logits,
                                   const float *target, float *probs, float *grad)

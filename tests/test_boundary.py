@@ -83,6 +83,8 @@ SPECS: Dict[str, Spec] = {
         "pred": _f(r, R, C), "target": _f(r, R, C)}, set()),
     "mse_sum": Spec(_C.mse_sum, lambda r: {"pred": _f(r, R, C), "target": _f(r, R, C)}, set()),
     "mae_sum": Spec(_C.mae_sum, lambda r: {"pred": _f(r, R, C), "target": _f(r, R, C)}, set()),
+    "vexpf": Spec(_C.vexpf, lambda r: {"x": _f(r, R, C), "y": _f(r, R, C)}, {"y"},
+                  {"x", "y"}),
     "sumsq": Spec(_C.sumsq, lambda r: {"x": _f(r, 9)}, set(), {"x"}, {"x"}),
     "scale": Spec(_C.scale, lambda r: {"x": _f(r, 9), "s": 2.0}, {"x"}, {"x"}, {"x"}),
     "sgd_step": Spec(_C.sgd_step, lambda r: {"p": _f(r, 9), "g": _f(r, 9), "velocity": _f(r, 9),

@@ -13,7 +13,6 @@ import numpy as np
 from .. import _C
 from .base import ACTIVATIONS, LOSS_KINDS, METRIC_KINDS, Backend, check_kind
 from .cpu_conv import CPUConvOps
-from .cpu_conv import CPUConvOps
 
 _ACT_CODES: Dict[str, int] = {name: _C.ACTIVATION_CODES[name] for name in ACTIVATIONS}
 
@@ -260,19 +259,3 @@ class CPUBackend(CPUConvOps, Backend):
 
     def add(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         _C.add(a, b, out)
-
-    def concat_last(self, xs: Sequence[np.ndarray], out: np.ndarray) -> None:
-        # A copy per input along the channel axis: no arithmetic, so NumPy's
-        # strided copy is as good as a kernel here.
-        start = 0
-        for x in xs:
-            stop = start + x.shape[-1]
-            out[..., start:stop] = x
-            start = stop
-
-    def split_last(self, x: np.ndarray, outs: Sequence[np.ndarray]) -> None:
-        start = 0
-        for out in outs:
-            stop = start + out.shape[-1]
-            out[...] = x[..., start:stop]
-            start = stop
