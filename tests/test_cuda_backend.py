@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# Children import the same fastnn as this process (the installed one in CI),
+# and run outside the repository root so its unbuilt sources cannot shadow it.
+import fastnn  # noqa: E402
+PACKAGE_PARENT = Path(fastnn.__file__).resolve().parents[1]
+CHILD_CWD = Path(__file__).resolve().parent
 
 
 def _numba_cuda_installed() -> bool:
@@ -56,8 +60,8 @@ def _nan(be, shape, dtype=np.float32):
 def _run(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(env_overrides)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(REPO),
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(CHILD_CWD),
                           env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# Children import the same fastnn as this process (the installed one in CI),
+# and run outside the repository root so its unbuilt sources cannot shadow it.
+import fastnn  # noqa: E402
+PACKAGE_PARENT = Path(fastnn.__file__).resolve().parents[1]
+CHILD_CWD = Path(__file__).resolve().parent
 TARGET_CC = (9, 0)
 
 _BUILD = textwrap.dedent(r"""
@@ -107,9 +111,9 @@ def ptx_build():
         pytest.skip("numba-cuda is not installed (pip install fastnn[cuda])")
     env = dict(os.environ)
     env["NUMBA_ENABLE_CUDASIM"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
     proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(TARGET_CC)],
-                          cwd=str(REPO), env=env, capture_output=True, text=True,
+                          cwd=str(CHILD_CWD), env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, f"PTX build subprocess failed:\n{proc.stderr[-4000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
