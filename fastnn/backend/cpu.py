@@ -6,6 +6,7 @@ the backend contract onto the kernel wrappers.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,6 +40,8 @@ class CPUBackend(CPUConvOps, Backend):
 
     def __init__(self) -> None:
         self._uniform: Dict[Tuple[int, ...], np.ndarray] = {}
+        self._gathers = {np.dtype(np.float32): _C.gather_rows_f32,
+                         np.dtype(np.int32): _C.gather_rows_i32}
         self._losses = {
             "softmax_cce_logits": lambda p, t, g, pr: _C.softmax_cce_logits(p, t, pr, g),
             "softmax_sparse_cce_logits":
@@ -172,6 +175,23 @@ class CPUBackend(CPUConvOps, Backend):
     # ---- data movement and elementwise ----------------------------------
     def gather_rows(self, src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
         """out[i] = src[idx[i]] for src (N, ...) float32 or int32 and idx int64 (B,)."""
+        # Called twice per training step: the common case (C-contiguous arrays
+        # of matching row shape) takes a few attribute reads before the kernel,
+        # and the full diagnosis runs only when something is off.
+        gather = self._gathers.get(getattr(src, "dtype", None))
+        if (gather is None or type(out) is not np.ndarray or type(src) is not np.ndarray
+                or src.ndim < 1 or out.ndim < 1 or not src.flags.c_contiguous
+                or not out.flags.c_contiguous or out.shape[1:] != src.shape[1:]):
+            self._gather_rows_diagnose(src, out)
+        if src.ndim == 1:  # labels
+            src, out = src[:, None], out[:, None]
+        elif src.ndim != 2:
+            row_len = math.prod(src.shape[1:])
+            src = src.reshape(src.shape[0], row_len)
+            out = out.reshape(out.shape[0], row_len)
+        gather(src, idx, out)
+
+    def _gather_rows_diagnose(self, src: Any, out: Any) -> None:
         for name, arr in (("src", src), ("out", out)):
             if not isinstance(arr, np.ndarray):
                 raise TypeError(f"gather_rows: argument '{name}' must be a numpy.ndarray, "
@@ -186,17 +206,8 @@ class CPUBackend(CPUConvOps, Backend):
         if out.shape[1:] != src.shape[1:]:
             raise ValueError(f"gather_rows: argument 'out' has shape {out.shape} but rows "
                              f"of 'src' {src.shape} have shape {src.shape[1:]}")
-        if src.dtype == np.float32:
-            gather = _C.gather_rows_f32
-        elif src.dtype == np.int32:
-            gather = _C.gather_rows_i32
-        else:
-            raise TypeError(f"gather_rows: argument 'src' must have dtype float32 or int32, "
-                            f"got {src.dtype}")
-        row_len = 1
-        for d in src.shape[1:]:
-            row_len *= int(d)
-        gather(src.reshape(src.shape[0], row_len), idx, out.reshape(out.shape[0], row_len))
+        raise TypeError(f"gather_rows: argument 'src' must have dtype float32 or int32, "
+                        f"got {src.dtype}")
 
     def dropout_fwd(self, x: np.ndarray, rate: float, rng: Any, mask: np.ndarray,
                     out: np.ndarray) -> None:
