@@ -16,7 +16,15 @@
  * stored plain already have that layout (with a stride), and plain A can be
  * read in place by a row-pointer variant of the kernel; when packing would
  * cost more than it saves (few columns or rows reuse it), those operands are
- * read in place and only their ragged edge strips are packed.
+ * read in place and only their ragged edge strips are packed.  A C of at
+ * most 16 columns with A stored transposed (a weight gradient of a small
+ * layer) runs a kernel whose vectors go down the columns of C instead.
+ *
+ * Threads: C is cut into a tm x tn grid of rectangles, one per thread, with
+ * the grid chosen for the shape; each thread packs what its rectangle needs
+ * into its own buffers, so there is no synchronisation inside a call.  Small
+ * products run on the calling thread alone.  alpha == 0 or K == 0 only
+ * scales C (A and B are not read), as in BLAS.
  *
  * Determinism: every element of C is an FMA chain over k in increasing order
  * within fixed K blocks (their size depends on K only), stored as
@@ -69,12 +77,20 @@ typedef void (*ukr_fn)(int64_t kc, const float *a, int64_t sa,
 typedef void (*pack_fn)(const float *X, int64_t ld, int64_t kc, int64_t n,
                         int P, float *dst);
 
+/* Narrow-C kernel: C[0:rows, 0:ncol] = alpha * A B + beta * C with
+ * A(i, k) = a[k*lda + i] and B packed kc x NCOL (ncol <= NCOL, padded). */
+typedef void (*narrow_fn)(int64_t kc, const float *a, int64_t lda,
+                          int64_t rows, const float *b, float *c, int64_t ldc,
+                          int ncol, float alpha, float beta);
+
 typedef struct {
     int mr, nr;           /* full tile                                        */
+    int qm, qn;           /* thread rectangles start at multiples of these    */
     int mr_var[3];        /* row counts of the kernel variants, ascending     */
     ukr_fn ukr[3][2];     /* [row variant][nr <= nr/2 ? 0 : 1], k-major A     */
     ukr_fn ukr_row[2];    /* full-height tile, A row-major in place, or NULL  */
     pack_fn pack_copy, pack_tp;
+    narrow_fn narrow[8];  /* C of 2, 4, ..., 16 columns, A transposed; or NULL */
 } kernel_desc;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -351,6 +367,87 @@ K512(ukr512_4x16, 4, 1, 0)
 K512(ukr512_row_12x32, 12, 2, 1)
 K512(ukr512_row_12x16, 12, 1, 1)
 
+/* Narrow C (at most 16 columns) with A stored transposed: a 12 x 32 tile
+ * would waste most of its lanes, so here vectors run down the columns of C
+ * instead (16 * RV rows at a time, one accumulator per column) and the
+ * result is transposed on the way out.  A(i, k) = a[k*lda + i]; b holds
+ * NCOL columns per k (b[k*NCOL + j]), padded.  Same per-element FMA chain
+ * and store arithmetic as the tile kernels. */
+static TGT_AVX512 ALWAYS_INLINE void
+narrow512_body(const int NCOL, const int RV, int64_t kc, const float *a,
+               int64_t lda, int64_t rows, const float *b, float *c,
+               int64_t ldc, int ncol, float alpha, float beta)
+{
+    for (int64_t i0 = 0; i0 < rows; i0 += 16 * RV) {
+        const int64_t h = rows - i0 < 16 * RV ? rows - i0 : 16 * RV;
+        __mmask16 m[2];
+        __m512 acc[2][16];
+#pragma GCC unroll 2
+        for (int r = 0; r < RV; r++) {
+            const int64_t w = h - 16 * r;
+            m[r] = (__mmask16)(w >= 16 ? 0xFFFFu : w <= 0 ? 0u
+                                                          : (1u << w) - 1u);
+#pragma GCC unroll 16
+            for (int j = 0; j < NCOL; j++)
+                acc[r][j] = _mm512_setzero_ps();
+        }
+        const float *ak = a + i0;
+        const float *bk = b;
+        for (int64_t k = 0; k < kc; k++) {
+            __m512 av[2];
+#pragma GCC unroll 2
+            for (int r = 0; r < RV; r++)
+                av[r] = _mm512_maskz_loadu_ps(m[r], ak + 16 * r);
+#pragma GCC unroll 16
+            for (int j = 0; j < NCOL; j++) {
+                const __m512 bj = _mm512_set1_ps(bk[j]);
+#pragma GCC unroll 2
+                for (int r = 0; r < RV; r++)
+                    acc[r][j] = _mm512_fmadd_ps(av[r], bj, acc[r][j]);
+            }
+            ak += lda;
+            bk += NCOL;
+        }
+        float t[16][32];
+#pragma GCC unroll 16
+        for (int j = 0; j < NCOL; j++)
+#pragma GCC unroll 2
+            for (int r = 0; r < RV; r++)
+                _mm512_storeu_ps(&t[j][16 * r], acc[r][j]);
+        const __m128 va = _mm_set_ss(alpha), vb = _mm_set_ss(beta);
+        for (int64_t i = 0; i < h; i++) {
+            float *ci = c + (i0 + i) * ldc;
+            for (int j = 0; j < ncol; j++) {
+                const __m128 x = _mm_set_ss(t[j][i]);
+                const __m128 r = beta == 0.0f
+                    ? _mm_mul_ss(x, va)
+                    : _mm_fmadd_ss(x, va, _mm_mul_ss(vb, _mm_set_ss(ci[j])));
+                ci[j] = _mm_cvtss_f32(r);
+            }
+        }
+    }
+}
+
+#define N512(NCOL, RV)                                                        \
+    static TGT_AVX512 void narrow512_##NCOL(int64_t kc, const float *a,       \
+                                            int64_t lda, int64_t rows,        \
+                                            const float *b, float *c,         \
+                                            int64_t ldc, int ncol,            \
+                                            float alpha, float beta)          \
+    {                                                                         \
+        narrow512_body(NCOL, RV, kc, a, lda, rows, b, c, ldc, ncol, alpha,    \
+                       beta);                                                 \
+    }
+N512(2, 2)
+N512(4, 2)
+N512(6, 2)
+N512(8, 2)
+N512(10, 2)
+N512(12, 2)
+N512(14, 2)
+N512(16, 1)
+
+
 /* ---- x86 packing (AVX2; also used by the AVX-512 kernel) ---------------- */
 
 /* d[0:w] = x[0:w], d[w:P] = 0. */
@@ -460,22 +557,26 @@ static TGT_AVX2 void pack_tp_avx2(const float *X, int64_t ld, int64_t kc,
 enum { KSEL_AUTO = 0, KSEL_GENERIC = 1, KSEL_AVX2 = 2, KSEL_AVX512 = 3 };
 
 static const kernel_desc kd_generic = {
-    GEN_MR, GEN_NR, {GEN_MR, GEN_MR, GEN_MR},
+    GEN_MR, GEN_NR, GEN_MR, GEN_NR, {GEN_MR, GEN_MR, GEN_MR},
     {{ukr_generic, ukr_generic}, {ukr_generic, ukr_generic},
      {ukr_generic, ukr_generic}},
-    {NULL, NULL}, pack_copy_generic, pack_tp_generic};
+    {NULL, NULL}, pack_copy_generic, pack_tp_generic,
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}};
 
 #if FNN_X86
 static const kernel_desc kd_avx2 = {
-    A2_MR, A2_NR, {A2_MR, A2_MR, A2_MR},
+    A2_MR, A2_NR, A2_MR, A2_NR, {A2_MR, A2_MR, A2_MR},
     {{ukr_avx2, ukr_avx2}, {ukr_avx2, ukr_avx2}, {ukr_avx2, ukr_avx2}},
-    {NULL, NULL}, pack_copy_avx2, pack_tp_avx2};
+    {NULL, NULL}, pack_copy_avx2, pack_tp_avx2,
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}};
 
 static const kernel_desc kd_avx512 = {
-    A5_MR, A5_NR, {4, 8, 12},
+    A5_MR, A5_NR, 4, 16, {4, 8, 12},
     {{ukr512_4x16, ukr512_4x32}, {ukr512_8x16, ukr512_8x32},
      {ukr512_12x16, ukr512_12x32}},
-    {ukr512_row_12x16, ukr512_row_12x32}, pack_copy_avx2, pack_tp_avx2};
+    {ukr512_row_12x16, ukr512_row_12x32}, pack_copy_avx2, pack_tp_avx2,
+    {narrow512_2, narrow512_4, narrow512_6, narrow512_8, narrow512_10,
+     narrow512_12, narrow512_14, narrow512_16}};
 #endif
 
 static int cpu_has(int ksel)
@@ -622,6 +723,22 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
     float *edge_a = bufb + BUF_B;
     float *edge_b = edge_a + BUF_EDGE_A;
 
+    if (g->ta && n1 - n0 <= 16 && kd->narrow[0] != NULL) {
+        const int ncol = (int)(n1 - n0), slot = (ncol - 1) / 2;
+        const int P = 2 * (slot + 1);
+        for (int64_t pc = 0; pc < K; pc += kcb) {
+            const int64_t kc = K - pc < kcb ? K - pc : kcb;
+            if (g->tb)
+                kd->pack_tp(b_at(g, pc, n0), g->ldb, kc, ncol, P, edge_b);
+            else
+                kd->pack_copy(b_at(g, pc, n0), g->ldb, kc, ncol, P, edge_b);
+            kd->narrow[slot](kc, a_at(g, m0, pc), g->lda, m1 - m0, edge_b,
+                             g->C + m0 * g->ldc + n0, g->ldc, ncol, g->alpha,
+                             pc == 0 ? g->beta : 1.0f);
+        }
+        return;
+    }
+
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = n1 - jc < NC ? n1 - jc : NC;
         const int64_t nfull = pack_b ? nc : nc / NR * NR;
@@ -737,31 +854,35 @@ static void run_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
 
 /* ---- threading ----------------------------------------------------------- */
 
-/* Picks a tm x tn grid of threads (tm * tn == nt) minimising the estimated
- * time of the slowest thread: multiply-adds on its rectangle (in whole
- * tiles) plus packing its share of A and B. */
-static void pick_grid(int nt, int64_t M, int64_t N, int64_t K, int MR, int NR,
-                      int *tm_out, int *tn_out)
+/* Splits n into t parts starting at multiples of q; returns the part size. */
+static int64_t part_size(int64_t n, int t, int q)
 {
-    const int64_t mt = ceil_div(M, MR), ntl = ceil_div(N, NR);
+    return ceil_div(ceil_div(n, q), t) * q;
+}
+
+/* Picks a tm x tn grid of threads (tm * tn == nt) minimising the estimated
+ * time of the slowest thread: multiply-adds on its rectangle (rows rounded
+ * to a quarter tile, columns to a vector) plus packing its share of A and B.
+ * Any split gives the same results; this only balances the work. */
+static void pick_grid(const kernel_desc *kd, int nt, int64_t M, int64_t N,
+                      int64_t K, int *tm_out, int *tn_out)
+{
     double best = -1.0;
     int btm = 1, btn = 1;
     for (int tm = 1; tm <= nt; tm++) {
         if (nt % tm)
             continue;
         const int tn = nt / tm;
-        if (tm > mt || tn > ntl)
-            continue;
-        double rows = (double)ceil_div(mt, tm) * MR;
-        double cols = (double)ceil_div(ntl, tn) * NR;
-        if (rows > (double)M)
-            rows = (double)M;
-        if (cols > (double)N)
-            cols = (double)N;
-        const double cost = (ceil_div((int64_t)rows, 4) * 4.0) *
-                                (ceil_div((int64_t)cols, 16) * 16.0) *
-                                (double)K / 16.0 +
-                            (rows + cols) * (double)K / 4.0;
+        int64_t rows = part_size(M, tm, kd->qm);
+        int64_t cols = part_size(N, tn, kd->qn);
+        if ((tm - 1) * rows >= M || (tn - 1) * cols >= N)
+            continue;                      /* some thread would be idle */
+        rows = rows < M ? rows : M;
+        cols = cols < N ? cols : N;
+        const double cost =
+            (double)(ceil_div(rows, 4) * 4) * (double)(ceil_div(cols, 16) * 16) *
+                (double)K / 16.0 +
+            (double)(rows + cols) * (double)K / 4.0;
         if (best < 0.0 || cost < best) {
             best = cost;
             btm = tm;
@@ -773,7 +894,7 @@ static void pick_grid(int nt, int64_t M, int64_t N, int64_t K, int MR, int NR,
 }
 
 /* Below this many multiply-adds a parallel region costs more than it saves. */
-#define PAR_MIN_WORK ((int64_t)96 * 96 * 96)
+#define PAR_MIN_WORK ((int64_t)80 * 80 * 80)
 
 void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda,
@@ -799,15 +920,14 @@ void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         nt = 1;
     int tm = 1, tn = 1;
     if (nt > 1)
-        pick_grid(nt, M, N, K, kd->mr, kd->nr, &tm, &tn);
+        pick_grid(kd, nt, M, N, K, &tm, &tn);
     nt = tm * tn;
     if (nt == 1) {
         run_rect(kd, &g, 0, M, 0, N);
         return;
     }
-    /* Rectangles start on tile boundaries. */
-    const int64_t mblk = ceil_div(ceil_div(M, kd->mr), tm) * kd->mr;
-    const int64_t nblk = ceil_div(ceil_div(N, kd->nr), tn) * kd->nr;
+    const int64_t mblk = part_size(M, tm, kd->qm);
+    const int64_t nblk = part_size(N, tn, kd->qn);
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
