@@ -211,8 +211,11 @@ class Layer:
 
         Raises:
             ValueError: wrong count or shapes, or non-finite values.
+            RuntimeError: before the layer belongs to a built model.
         """
         import numpy as np
+        if self.weight_specs and not self._params:
+            raise RuntimeError(f"layer {self.name!r} has no weights yet: build its model first")
         if len(weights) != len(self.weight_specs):
             raise ValueError(f"layer {self.name!r} expects {len(self.weight_specs)} weight "
                              f"arrays, got {len(weights)}")
