@@ -9,6 +9,13 @@ Flags: ``-O3 -std=c99``, ``-fopenmp`` when a tiny OpenMP program compiles and
 links (otherwise a single-threaded build with a loud warning), and
 ``-march=native`` only when ``FASTNN_NATIVE=1``. Never ``-ffast-math``: the
 kernels rely on IEEE semantics (NaN propagation, ordered reductions).
+
+``FASTNN_SANITIZE=address,undefined`` (any comma-separated list of GCC/Clang
+sanitizers) builds kernels and extensions for testing under sanitizers:
+``-fsanitize=<list> -fno-sanitize-recover=all -fno-omit-frame-pointer -O1 -g``
+on compile and link, and ``-fno-wrapv`` on the kernels so that signed
+overflow is reported. Load the result with the sanitizer runtime preloaded
+(see .ci/sanitize.sh). Unset (the default), the build is unchanged.
 Instruction-set specific code uses per-function target attributes, so no
 global ``-mavx``-style flag is added here.
 """
@@ -49,6 +56,21 @@ _OPENMP_CANDIDATES = {
 }
 
 _openmp_cache: dict[str, tuple[list[str], list[str]] | None] = {}
+
+
+def _sanitize_flags() -> list[str]:
+    """Compile/link flags for FASTNN_SANITIZE (empty when it is unset)."""
+    wanted = os.environ.get("FASTNN_SANITIZE", "").strip()
+    if not wanted:
+        return []
+    names = [n.strip() for n in wanted.split(",")]
+    if not all(n and n.replace("-", "").isalnum() for n in names):
+        raise SystemExit(f"FASTNN_SANITIZE must be a comma-separated list of sanitizer "
+                         f"names such as address,undefined; got {wanted!r}")
+    # -O1 and -g after the default -O3: the last -O wins; frame pointers give
+    # readable sanitizer stack traces; no recovery, so a report fails the run.
+    return [f"-fsanitize={','.join(names)}", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer", "-O1", "-g"]
 
 
 def _kernel_sources() -> list[str]:
@@ -106,6 +128,11 @@ def _kernel_cflags(compiler) -> list[str]:
     omp = _openmp_flags(compiler)
     if omp is not None:
         flags += omp[0]
+    sanitize = _sanitize_flags()
+    if sanitize:
+        # Python's CFLAGS carry -fwrapv, which hides signed overflow from UBSan;
+        # the kernels never rely on wrapping.
+        flags += sanitize + ["-fno-wrapv"]
     return flags
 
 
@@ -129,9 +156,13 @@ class build_ext(_build_ext):
 
     def build_extensions(self):
         omp = _openmp_flags(self.compiler)
+        sanitize = _sanitize_flags()
         for ext in self.extensions:
             if omp is not None:
                 ext.extra_link_args = list(ext.extra_link_args or []) + omp[1]
+            if sanitize:
+                ext.extra_compile_args = list(ext.extra_compile_args or []) + sanitize
+                ext.extra_link_args = list(ext.extra_link_args or []) + sanitize
             # The kernel library before libm, so that --as-needed linkers
             # still see its math calls.
             libs = [lib for lib in ext.libraries if lib not in (KERNEL_LIB, "m")]

@@ -15,6 +15,8 @@ project's setting; see fastnn.backend.cpu_conv). Nothing is allocated here:
 scratch space comes from the caller (``work``, a uint8 array of at least the
 size the matching ``*_workspace_bytes`` reports).
 """
+import operator
+
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 
@@ -174,25 +176,35 @@ cdef int _no_overlap(str fn, list outs, list ins) except -1:
     return 0
 
 
+# Geometry limits. Sizes are checked in Python integers before they reach
+# the int64 fields of a geometry: a stride, dilation or window beyond int32
+# and a padded image of 2**40 elements or more are refused, so no size or
+# index the kernels derive from them can overflow int64 (an overflowing
+# padding once wrapped to a small workspace and a write far outside it).
+cdef object _MAX_STEP = 2**31 - 1
+cdef object _MAX_PADDED = 2**40
+
+
 cdef tuple _pair(str fn, str name, object v, int minimum):
     try:
         a, b = v
-        a = int(a)
-        b = int(b)
+        a = operator.index(a)
+        b = operator.index(b)
     except (TypeError, ValueError):
         raise ValueError(f"{fn}: argument '{name}' must be a pair of ints, got {v!r}") from None
-    if a < minimum or b < minimum:
-        raise ValueError(f"{fn}: argument '{name}' must be >= {minimum}, got {v!r}")
+    if a < minimum or b < minimum or a > _MAX_STEP or b > _MAX_STEP:
+        raise ValueError(f"{fn}: argument '{name}' must be in [{minimum}, {_MAX_STEP}], "
+                         f"got {v!r}")
     return (a, b)
 
 
 cdef tuple _pad4(str fn, object v):
     try:
         t, b, l, r = v
-        t = int(t)
-        b = int(b)
-        l = int(l)
-        r = int(r)
+        t = operator.index(t)
+        b = operator.index(b)
+        l = operator.index(l)
+        r = operator.index(r)
     except (TypeError, ValueError):
         raise ValueError(f"{fn}: argument 'padding' must be 4 ints (top, bottom, left, "
                          f"right), got {v!r}") from None
@@ -202,9 +214,13 @@ cdef tuple _pad4(str fn, object v):
 
 
 cdef int _threads(str fn, object n) except -1:
-    cdef int k = int(n)
-    if k < 1:
-        raise ValueError(f"{fn}: argument 'nthreads' must be >= 1, got {n!r}")
+    try:
+        k = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{fn}: argument 'nthreads' must be an int, "
+                        f"got {type(n).__name__}") from None
+    if k < 1 or k > _MAX_STEP:
+        raise ValueError(f"{fn}: argument 'nthreads' must be in [1, {_MAX_STEP}], got {n!r}")
     return k
 
 
@@ -212,8 +228,8 @@ cdef int _act(str fn, object act) except -1:
     try:
         return ACTIVATION_CODES[act]
     except (KeyError, TypeError):
-        raise ValueError(f"{fn}: unknown activation {act!r}; expected one of "
-                         f"{tuple(ACTIVATION_CODES)}") from None
+        raise ValueError(f"{fn}: argument 'act' must be an activation in "
+                         f"{tuple(ACTIVATION_CODES)}, got {act!r}") from None
 
 
 cdef inline float *_f(cnp.ndarray a) noexcept:
@@ -238,27 +254,36 @@ cdef int _conv_geom(str fn, tuple xs, tuple ws, object strides, object padding,
                          f"has {xs[3]}")
     if xs[0] < 1 or xs[1] < 1 or xs[2] < 1 or xs[3] < 1 or ws[0] < 1 or ws[1] < 1 or ws[3] < 1:
         raise ValueError(f"{fn}: empty dimension in 'x' {xs} or 'w' {ws}")
+    # Python integers until every size is known to be in range (see _MAX_PADDED).
+    hp = xs[1] + p[0] + p[1]
+    wp = xs[2] + p[2] + p[3]
+    ho = hp - d[0] * (ws[0] - 1) - 1
+    wo = wp - d[1] * (ws[1] - 1) - 1
+    if ho < 0 or wo < 0:
+        raise ValueError(f"{fn}: argument 'w' {(ws[0], ws[1])} with dilation {d} does "
+                         f"not fit the padded input 'x' {(hp, wp)}")
+    if hp * wp * xs[3] >= _MAX_PADDED:
+        raise ValueError(f"{fn}: argument 'padding' {p} makes a padded image of "
+                         f"{hp} x {wp} x {xs[3]} elements, more than fastnn supports")
     g.B, g.H, g.W, g.C = xs
     g.kh, g.kw, g.F = ws[0], ws[1], ws[3]
     g.sh, g.sw = s
     g.dh, g.dw = d
     g.pt, g.pb, g.pl, g.pr = p
-    cdef int64_t ho = g.H + g.pt + g.pb - g.dh * (g.kh - 1) - 1
-    cdef int64_t wo = g.W + g.pl + g.pr - g.dw * (g.kw - 1) - 1
-    if ho < 0 or wo < 0:
-        raise ValueError(f"{fn}: the dilated kernel {(ws[0], ws[1])} (dilation {d}) does "
-                         f"not fit the padded input {(g.H + g.pt + g.pb, g.W + g.pl + g.pr)}")
     g.Ho = ho // g.sh + 1
     g.Wo = wo // g.sw + 1
     return 0
 
 
 def conv2d_workspace_bytes(tuple x_shape, tuple w_shape, strides, padding, dilation,
-                           int nthreads):
+                           nthreads):
     """Bytes of ``work`` conv2d_fwd / conv2d_bwd need for these shapes."""
     cdef fnn_conv2d_geom g
     _conv_geom("conv2d_workspace_bytes", x_shape, w_shape, strides, padding, dilation, &g)
-    return fnn_conv2d_workspace_bytes(&g, _threads("conv2d_workspace_bytes", nthreads))
+    n = _threads("conv2d_workspace_bytes", nthreads)
+    # shared + n * per-thread, multiplied here so a large n cannot overflow int64
+    one = fnn_conv2d_workspace_bytes(&g, 1)
+    return one + (n - 1) * (fnn_conv2d_workspace_bytes(&g, 2) - one)
 
 
 def conv2d_output_shape(tuple x_shape, tuple w_shape, strides, padding, dilation):
@@ -369,7 +394,7 @@ cdef int _pool_geom(str fn, tuple xs, object pool, object strides, object paddin
     cdef int64_t ho = g.H + g.pt + g.pb - g.ph
     cdef int64_t wo = g.W + g.pl + g.pr - g.pw
     if ho < 0 or wo < 0:
-        raise ValueError(f"{fn}: the pool window {k} does not fit the padded input "
+        raise ValueError(f"{fn}: argument 'pool' {k} does not fit the padded input 'x' "
                          f"{(g.H + g.pt + g.pb, g.W + g.pl + g.pr)}")
     g.Ho = ho // g.sh + 1
     g.Wo = wo // g.sw + 1

@@ -349,8 +349,9 @@ class Model:
                 x = np.asarray(x)
             except Exception as exc:  # noqa: BLE001 - anything unconvertible
                 raise TypeError(f"{what} must be a NumPy array, got {type(x).__name__}") from exc
-        if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or
-                                     np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
+        # bool, integer or real floating kinds only: timedelta64 counts as an
+        # integer to issubdtype, and complex would lose its imaginary part
+        if x.dtype.kind not in "biuf":
             raise TypeError(f"{what} must hold numbers, got dtype {x.dtype}")
         if x.ndim < 2:
             raise ValueError(f"{what} must have a batch axis and at least one feature axis, "
@@ -370,7 +371,7 @@ class Model:
     def _prepare_y(self, y: Any, n: int, what: str = "y") -> np.ndarray:
         c = self._require_compiled("fit/evaluate")
         y = np.asarray(y)
-        if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        if y.dtype.kind not in "biuf":  # as in _prepare_x
             raise TypeError(f"{what} must hold numbers, got dtype {y.dtype}")
         if y.ndim == 0 or y.shape[0] != n:
             raise ValueError(f"x and {what} have different lengths: {n} samples vs "

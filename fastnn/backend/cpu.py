@@ -82,7 +82,9 @@ class CPUBackend(CPUConvOps, Backend):
         """
         arr = np.asarray(host)
         if arr.dtype == np.float32 or arr.dtype == np.int32:
-            return np.ascontiguousarray(arr)
+            # aligned too: ascontiguousarray passes a misaligned view through,
+            # and the kernels refuse one
+            return np.require(arr, requirements="CA")
         if arr.dtype.kind in "iu":
             return np.ascontiguousarray(arr, dtype=np.int32)
         return np.ascontiguousarray(arr, dtype=np.float32)
