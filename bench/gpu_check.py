@@ -22,6 +22,7 @@ GPU is visible) in a minute or two; its times are then not GPU times.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import json
 import math
 import os
@@ -35,7 +36,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
+# This checkout's fastnn when it has been built in place, else the installed one
+# (an unbuilt checkout on the path would shadow a working installation).
+if any((REPO / "fastnn" / ("_C" + suffix)).exists()
+       for suffix in importlib.machinery.EXTENSION_SUFFIXES) and str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULTS: Dict[str, Any] = {}
