@@ -1,7 +1,8 @@
 """LeNet-5 and a small ResNet on MNIST: fastnn against the same nets in PyTorch.
 
     python bench/bench_cnn.py [--quick] [--threads 1,2] [--epochs-lenet 5]
-                              [--epochs-resnet 3] [--accuracy] [--profile] [--data DIR]
+                              [--epochs-resnet 3] [--accuracy] [--profile]
+                              [--nets lenet,resnet] [--wait-quiet S] [--data DIR]
 
 For each thread count, in this one process, it times
 
@@ -21,7 +22,7 @@ above 1 means fastnn is faster) and writes bench/results/cnn.json.
 
 With --accuracy it also trains each net in both frameworks for its epoch count
 (at the largest thread count) and reports test accuracy and seconds per epoch.
-With --profile it breaks a LeNet-5 training step down by op in both frameworks.
+With --profile it breaks a training step down by op in both frameworks.
 """
 from __future__ import annotations
 
@@ -443,8 +444,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="time this many steps per ResNet epoch sample (0: full epochs)")
     ap.add_argument("--repeat", type=int, default=None, help="timed samples per workload")
     ap.add_argument("--profile", action="store_true",
-                    help="also break a LeNet step down by op in both frameworks "
-                         "(at the largest thread count)")
+                    help="also break a training step of each net down by op in both "
+                         "frameworks (at the largest thread count)")
+    ap.add_argument("--nets", default="lenet,resnet",
+                    help="comma-separated subset of lenet,resnet to time and profile")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="before each workload, wait up to S seconds for other "
+                         "processes to leave the cores (below 10%% busy)")
     ap.add_argument("--data", default=None, help="directory with the MNIST IDX files")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "cnn.json"))
     args = ap.parse_args(argv)
@@ -458,6 +464,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     resnet_steps = args.resnet_steps if args.resnet_steps is not None else \
         (20 if args.quick else 60)
     repeat = args.repeat or (2 if args.quick else 3)
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    if not nets or set(nets) - {"lenet", "resnet"}:
+        ap.error(f"--nets takes lenet and/or resnet, got {args.nets!r}")
+
+    def settle() -> None:
+        if args.wait_quiet > 0:
+            common.wait_quiet(args.wait_quiet)
 
     data = load_mnist(args.data)
     threads = common.Threads(fastnn=fastnn, torch=torch)
@@ -470,12 +483,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     for t in thread_counts:
         with threads.use(t):
             for kind, steps in (("lenet", lenet_steps), ("resnet", resnet_steps)):
+                if kind not in nets:
+                    continue
+                settle()
                 results.append(epoch_workload(kind, data, t, steps, repeat))
                 print(table(results[-1:]).splitlines()[-1], flush=True)
-            for kind in ("lenet", "resnet"):
+            for kind in nets:
+                settle()
                 results.append(inference_workload(kind, data, t, max(repeat, 3)))
                 print(table(results[-1:]).splitlines()[-1], flush=True)
     print("\n" + table(results))
+    if any((r.other_load or 0.0) > 0.1 for r in results):
+        print("note: other processes kept the cores busy during some rows ('other load'); "
+              "their times, and ratios with them, are less trustworthy (--wait-quiet helps)")
 
     targets = []
     lenet2 = [r for r in results if r.workload.startswith("LeNet-5 train") and r.threads == 2]
@@ -486,13 +506,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     profiles: Dict[str, Any] = {}
     if args.profile:
         t = max(thread_counts)
-        print(f"\nLeNet-5 step by op ({t} threads, 100 steps):")
-        with threads.use(t):
-            profiles["fastnn"] = profile_fastnn("lenet", data, 100)
-            print_profile("fastnn", profiles["fastnn"])
-            if torch is not None:
-                profiles["torch"] = profile_torch("lenet", data, 100)
-                print_profile("torch", profiles["torch"])
+        for kind in nets:
+            steps = 100 if kind == "lenet" else 20
+            print(f"\n{kind} training step by op ({t} threads, {steps} steps):")
+            with threads.use(t):
+                settle()
+                profiles[f"{kind}_fastnn"] = profile_fastnn(kind, data, steps)
+                print_profile("fastnn", profiles[f"{kind}_fastnn"])
+                if torch is not None:
+                    profiles[f"{kind}_torch"] = profile_torch(kind, data, steps)
+                    print_profile("torch", profiles[f"{kind}_torch"])
     accuracy: List[Dict[str, Any]] = []
     if args.accuracy:
         if data[4].startswith("random"):
