@@ -7,9 +7,9 @@
 For each thread count, in this one process, it times
 
   * a LeNet-5 training epoch (Adam, batch 128, shuffled, 60000 images);
-  * a small-ResNet training epoch (same settings), as a fixed number of steps
-    scaled to the 469 steps of a full epoch, because a full epoch takes close
-    to a minute per framework here (--resnet-steps 0 times full epochs);
+  * a small-ResNet training epoch (same settings), as 60 steps scaled to the
+    469 steps of a full epoch, because a full epoch takes 20-40 s per framework
+    and thread count here (--resnet-steps 0 times full epochs);
   * inference of each net on the 10000 test images (batch 1000);
 
 for fastnn (NHWC, fastnn.examples.cnn's models) and PyTorch (NCHW, its fast CPU
@@ -23,6 +23,14 @@ above 1 means fastnn is faster) and writes bench/results/cnn.json.
 With --accuracy it also trains each net in both frameworks for its epoch count
 (at the largest thread count) and reports test accuracy and seconds per epoch.
 With --profile it breaks a training step down by op in both frameworks.
+
+One process means one OpenMP runtime: PyTorch's bundled libgomp and fastnn's
+share the soname, so whichever loads first serves both, with the wait policy
+in the environment at that moment. fastnn is imported first, so both run with
+fastnn's default OMP_WAIT_POLICY=PASSIVE (unless the caller set a policy).
+Timed in separate processes with each one's own defaults, PyTorch's LeNet
+epoch was the same within the noise of this shared machine (4.4-5.0 s against
+4.7-4.8 s when passive, 2 threads).
 """
 from __future__ import annotations
 
@@ -524,8 +532,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             t = max(thread_counts)
             print(f"\naccuracy runs ({t} threads):", flush=True)
             with threads.use(t):
-                accuracy = accuracy_runs(data, {"lenet": args.epochs_lenet,
-                                                "resnet": args.epochs_resnet}, t)
+                epochs = {"lenet": args.epochs_lenet, "resnet": args.epochs_resnet}
+                accuracy = accuracy_runs(data, {k: (v if k in nets else 0)
+                                                for k, v in epochs.items()}, t)
             for row in accuracy:
                 acc = row["fastnn_test_accuracy"]
                 if row["net"] == "lenet" and row["epochs"] == 5:
