@@ -236,12 +236,60 @@ void fnn_act_bwd(int act, int64_t rows, int64_t cols, const float *y,
         act_bwd_row(act, cols, y + r * cols, dy + r * cols, dx + r * cols);
 }
 
+void fnn_bias_act_tile(int act, int64_t rows, int64_t cols, const float *bias,
+                       float *c, int64_t ldc)
+{
+    for (int64_t r = 0; r < rows; r++)
+        bias_act_row(act, cols, c + r * ldc, bias, c + r * ldc);
+}
+
 void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
                    const float *w, const float *bias, float *y)
 {
-    fnn_sgemm(0, 0, M, N, K, 1.0f, x, K > 0 ? K : 1, w, N > 0 ? N : 1,
-              0.0f, y, N > 0 ? N : 1);
-    fnn_bias_act_fwd(act, M, N, y, bias, y);
+    const int64_t lda = K > 0 ? K : 1, ld = N > 0 ? N : 1;
+    if (act == FNN_ACT_SOFTMAX) {
+        /* Softmax needs whole rows, which a GEMM tile does not hold. */
+        fnn_sgemm_bias_act(0, 0, M, N, K, 1.0f, x, lda, w, ld, 0.0f, y, ld, bias,
+                           FNN_ACT_LINEAR);
+        fnn_bias_act_fwd(act, M, N, y, NULL, y);
+    } else {
+        fnn_sgemm_bias_act(0, 0, M, N, K, 1.0f, x, lda, w, ld, 0.0f, y, ld, bias,
+                           act);
+    }
+}
+
+void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
+                      const float *dy, float *dz, float *db)
+{
+    if (db == NULL || act == FNN_ACT_SOFTMAX) {
+        /* Softmax's backward needs whole rows; the column blocks below do not. */
+        fnn_act_bwd(act, rows, cols, y, dy, dz);
+        if (db != NULL)
+            fnn_bias_grad(rows, cols, dz, db);
+        return;
+    }
+    const int nt = fnn_get_num_threads();
+    const int64_t nblocks = (cols + BIAS_GRAD_BLOCK - 1) / BIAS_GRAD_BLOCK;
+    const int par = nt > 1 && nblocks > 1 && rows * cols > PAR_MIN_WORK;
+    (void)par; /* unused when built without OpenMP */
+    /* As fnn_bias_grad: one thread per column block, rows in order, double
+     * sums; each row segment of dz is summed while it is still in L1. */
+    #pragma omp parallel for schedule(static) if (par) num_threads(nt)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t c0 = b * BIAS_GRAD_BLOCK;
+        const int64_t w = cols - c0 < BIAS_GRAD_BLOCK ? cols - c0 : BIAS_GRAD_BLOCK;
+        double acc[BIAS_GRAD_BLOCK];
+        for (int64_t c = 0; c < w; c++)
+            acc[c] = 0.0;
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t off = r * cols + c0;
+            act_bwd_row(act, w, y + off, dy + off, dz + off);
+            for (int64_t c = 0; c < w; c++)
+                acc[c] += (double)dz[off + c];
+        }
+        for (int64_t c = 0; c < w; c++)
+            db[c0 + c] = (float)acc[c];
+    }
 }
 
 void fnn_bias_grad(int64_t rows, int64_t cols, const float *dz, float *db)

@@ -36,6 +36,12 @@ void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb,
                float beta, float *C, int64_t ldc);
+/* fnn_sgemm, then C = act(C + bias[col]) (bias may be NULL) applied to each
+ * tile of C as soon as it is final; act elementwise only (not softmax). */
+void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
+                        int64_t K, float alpha, const float *A, int64_t lda,
+                        const float *B, int64_t ldb, float beta, float *C,
+                        int64_t ldc, const float *bias, int act);
 /* Testing only: force the SGEMM micro-kernel (0 auto, 1 portable C, 2 AVX2,
  * 3 AVX-512); returns 0, or -1 (no change) if this CPU lacks it. */
 int fnn_sgemm_set_kernel(int kind);
@@ -61,6 +67,15 @@ void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
                    const float *w, const float *bias, float *y);
 /* db[c] = sum over r (in row order) of dz[r,c]. */
 void fnn_bias_grad(int64_t rows, int64_t cols, const float *dz, float *db);
+/* In place on the strided block c[rows, cols] (leading dim ldc), one thread:
+ * c = act(c + bias[col]); bias may be NULL; act elementwise (not softmax). */
+void fnn_bias_act_tile(int act, int64_t rows, int64_t cols, const float *bias,
+                       float *c, int64_t ldc);
+/* dz = dy * act'(.) through the forward output y (dz may alias dy) and, in
+ * the same pass, db = column sums of dz (db may be NULL), in fnn_bias_grad's
+ * fixed order. */
+void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
+                      const float *dy, float *dz, float *db);
 /* y[i] = exp(x[i]) within 1.3 ulp (saturates near FLT_MAX for x > 88.72),
  * vectorised, single-threaded (a building block); y may alias x. */
 void fnn_vexpf(int64_t n, const float *x, float *y);

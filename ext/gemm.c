@@ -689,7 +689,24 @@ typedef struct {
     int64_t ldb;
     float *C;
     int64_t ldc;
+    const float *bias;  /* epilogue: C = act(C + bias[col]) once a tile is final */
+    int act;            /* FNN_ACT_LINEAR with bias NULL: no epilogue           */
 } gemm_args;
+
+static inline int has_epilogue(const gemm_args *g)
+{
+    return g->bias != NULL || g->act != FNN_ACT_LINEAR;
+}
+
+/* The epilogue on C[i0:i0+rows, j0:j0+cols], called right after the last K
+ * block of that tile is stored, while it is still in L1. */
+static inline void epilogue(const gemm_args *g, int64_t i0, int64_t j0,
+                            int64_t rows, int64_t cols)
+{
+    if (has_epilogue(g))
+        fnn_bias_act_tile(g->act, rows, cols, g->bias == NULL ? NULL : g->bias + j0,
+                          g->C + i0 * g->ldc + j0, g->ldc);
+}
 
 /* Address of op(A)[i, k] and of op(B)[k, j]. */
 static inline const float *a_at(const gemm_args *g, int64_t i, int64_t k)
@@ -742,6 +759,7 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
                              g->C + m0 * g->ldc + n0, g->ldc, ncol, g->alpha,
                              pc == 0 ? g->beta : 1.0f);
         }
+        epilogue(g, m0, n0, m1 - m0, ncol);
         return;
     }
 
@@ -751,6 +769,7 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
         for (int64_t pc = 0; pc < K; pc += kcb) {
             const int64_t kc = K - pc < kcb ? K - pc : kcb;
             const float beta = pc == 0 ? g->beta : 1.0f;
+            const int last_k = pc + kc == K;
             if (pack_b) {
                 if (g->tb)
                     kd->pack_tp(b_at(g, pc, jc), g->ldb, kc, nc, NR, bufb);
@@ -810,6 +829,8 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
                         const ukr_fn f = row ? kd->ukr_row[wide] : kd->ukr[v][wide];
                         f(kc, ap, sa, bp, sb, crow + jc + jr, g->ldc, mr, nr,
                           g->alpha, beta);
+                        if (last_k)
+                            epilogue(g, ic + ir, jc + jr, mr, nr);
                     }
                 }
             }
@@ -846,6 +867,7 @@ static void gemm_naive(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0,
                                  : g->alpha * acc + g->beta * *c;
         }
     }
+    epilogue(g, m0, n0, m1 - m0, n1 - n0);
 }
 
 static void run_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
@@ -902,20 +924,21 @@ static void pick_grid(const kernel_desc *kd, int nt, int64_t M, int64_t N,
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PAR_MIN_WORK ((int64_t)80 * 80 * 80)
 
-void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-               float alpha, const float *A, int64_t lda,
-               const float *B, int64_t ldb,
-               float beta, float *C, int64_t ldc)
+void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
+                        int64_t K, float alpha, const float *A, int64_t lda,
+                        const float *B, int64_t ldb, float beta, float *C,
+                        int64_t ldc, const float *bias, int act)
 {
     if (M <= 0 || N <= 0)
         return;
+    const gemm_args g = {trans_a != 0, trans_b != 0, K, alpha, beta,
+                         A, lda, B, ldb, C, ldc, bias, act};
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
+        epilogue(&g, 0, 0, M, N);
         return;
     }
     const kernel_desc *kd = kernel_for(fnn_sgemm_get_kernel());
-    const gemm_args g = {trans_a != 0, trans_b != 0, K, alpha, beta,
-                         A, lda, B, ldb, C, ldc};
 
     int nt = fnn_get_num_threads();
 #ifdef _OPENMP
@@ -950,4 +973,13 @@ void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 run_rect(kd, &g, m0, m1, n0, n1);
         }
     }
+}
+
+void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+               float alpha, const float *A, int64_t lda,
+               const float *B, int64_t ldb,
+               float beta, float *C, int64_t ldc)
+{
+    fnn_sgemm_bias_act(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta,
+                       C, ldc, NULL, FNN_ACT_LINEAR);
 }

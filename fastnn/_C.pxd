@@ -13,6 +13,10 @@ cdef extern from "fastnn.h" nogil:
                    float alpha, const float *A, int64_t lda,
                    const float *B, int64_t ldb,
                    float beta, float *C, int64_t ldc)
+    void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
+                            int64_t K, float alpha, const float *A, int64_t lda,
+                            const float *B, int64_t ldb, float beta, float *C,
+                            int64_t ldc, const float *bias, int act)
     int fnn_sgemm_set_kernel(int kind)
     int fnn_sgemm_get_kernel()
 
@@ -30,6 +34,8 @@ cdef extern from "fastnn.h" nogil:
     void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
                        const float *w, const float *bias, float *y)
     void fnn_bias_grad(int64_t rows, int64_t cols, const float *dz, float *db)
+    void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
+                          const float *dy, float *dz, float *db)
     void fnn_vexpf(int64_t n, const float *x, float *y)
 
     double fnn_softmax_cce_logits(int64_t rows, int64_t cols, const float *logits,

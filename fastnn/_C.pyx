@@ -293,8 +293,8 @@ cdef cnp.ndarray _matrix(str fn, str name, object obj, bint out):
 
 
 def sgemm(a, b, c, bint trans_a=False, bint trans_b=False, float alpha=1.0,
-          float beta=0.0) -> None:
-    """c = alpha * op(a) @ op(b) + beta * c, op(x) = x.T if trans_x else x.
+          float beta=0.0, bias=None, act="linear") -> None:
+    """c = act(alpha * op(a) @ op(b) + beta * c + bias), op(x) = x.T if trans_x else x.
 
     Args:
         a: float32 (M, K), or (K, M) when trans_a.
@@ -302,6 +302,8 @@ def sgemm(a, b, c, bint trans_a=False, bint trans_b=False, float alpha=1.0,
         c: float32 (M, N) output, not overlapping a or b. Not read when beta == 0.
         trans_a, trans_b: use the transpose of a / b.
         alpha, beta: scalars.
+        bias: float32 (N,) added to every row in the GEMM's epilogue, or None.
+        act: elementwise activation applied in the epilogue (not "softmax").
 
     Arrays must have unit-stride rows (C-contiguous, or a slice of rows or
     columns of one).
@@ -331,12 +333,22 @@ def sgemm(a, b, c, bint trans_a=False, bint trans_b=False, float alpha=1.0,
                          f"op('a') @ op('b') has shape ({M}, {N})")
     _disjoint(fn, "c", C, "a", A)
     _disjoint(fn, "c", C, "b", B)
+    cdef int code = _act_code(fn, act)
+    if code == FNN_ACT_SOFTMAX:
+        raise ValueError(f"{fn}: argument 'act' must be elementwise; softmax needs whole "
+                         f"rows (use dense_fwd)")
+    cdef cnp.ndarray Bi = None
+    if bias is not None:
+        Bi = _array(fn, "bias", bias, F32, 1, False)
+        _check_dim(fn, "bias", Bi, 0, N, "the columns of 'c'")
+        _disjoint(fn, "c", C, "bias", Bi)
     cdef const float *pa = _f32(A)
     cdef const float *pb = _f32(B)
+    cdef const float *pbias = _f32(Bi)
     cdef float *pc = _f32(C)
     with nogil:
-        fnn_sgemm(1 if trans_a else 0, 1 if trans_b else 0, M, N, K, alpha,
-                  pa, lda, pb, ldb, beta, pc, ldc)
+        fnn_sgemm_bias_act(1 if trans_a else 0, 1 if trans_b else 0, M, N, K, alpha,
+                           pa, lda, pb, ldb, beta, pc, ldc, pbias, code)
 
 
 def sgemm_set_kernel(int kind) -> int:
@@ -408,6 +420,39 @@ def act_bwd(act, y, dy, dx) -> None:
     cdef float *pdx = _f32(DX)
     with nogil:
         fnn_act_bwd(code, rows, cols, py, pdy, pdx)
+
+
+def act_bias_bwd(act, y, dy, dz, db) -> None:
+    """dz = dy * act'(.) from the forward output y, and db = column sums of dz, in one pass.
+
+    Args:
+        act: activation code or name.
+        y: float32 forward output (..., cols).
+        dy: float32 gradient w.r.t. y, y's shape.
+        dz: float32 output, y's shape; may be dy itself.
+        db: float32 (cols,) output, or None (then this is act_bwd).
+    """
+    cdef str fn = "act_bias_bwd"
+    cdef int code = _act_code(fn, act)
+    cdef cnp.ndarray Y = _array(fn, "y", y, F32, -1, False)
+    cdef cnp.ndarray DY = _like(fn, "dy", dy, F32, False, "y", Y)
+    cdef cnp.ndarray DZ = _like(fn, "dz", dz, F32, True, "y", Y)
+    _disjoint(fn, "dz", DZ, "y", Y)
+    _same_or_disjoint(fn, "dz", DZ, "dy", DY)
+    cdef int64_t cols = cnp.PyArray_DIM(Y, cnp.PyArray_NDIM(Y) - 1)
+    cdef cnp.ndarray DB = None
+    if db is not None:
+        DB = _array(fn, "db", db, F32, 1, True)
+        _check_dim(fn, "db", DB, 0, cols, "the last axis of 'y'")
+        for other_name, other in (("y", Y), ("dy", DY), ("dz", DZ)):
+            _disjoint(fn, "db", DB, other_name, other)
+    cdef int64_t rows = _rows_of(Y)
+    cdef const float *py = _f32(Y)
+    cdef const float *pdy = _f32(DY)
+    cdef float *pdz = _f32(DZ)
+    cdef float *pdb = _f32(DB)
+    with nogil:
+        fnn_act_bias_bwd(code, rows, cols, py, pdy, pdz, pdb)
 
 
 def dense_fwd(act, x, w, bias, y) -> None:

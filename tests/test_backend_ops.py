@@ -243,6 +243,30 @@ def test_bias_grad(backend, op_sizes, rng):
         assert (np.abs(got - want) <= tol).all()
 
 
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_act_bias_bwd(backend, op_sizes, rng, act):
+    """The fused activation backward + bias gradient: dz against the float64
+    derivative at z, db against the float64 column sums of that dz."""
+    for rows, cols in shapes_2d(op_sizes, backend) + [(op_sizes[-1], 70)]:
+        z, dy = f32(rng, (rows, cols), 2.0), f32(rng, (rows, cols))
+        y = ref.activation(act, z).astype(np.float32)
+        dz, db = poisoned(backend, (rows, cols)), poisoned(backend, (cols,))
+        backend.act_bias_bwd(act, dev(backend, y), dev(backend, dy), dz, db)
+        want = ref.act_backward(act, z, dy)
+        what = f"act_bias_bwd {act} {(rows, cols)}"
+        assert_close(host(backend, dz), want, rtol=1e-4, atol_rel=1e-5, what=what)
+        # db sums the kernel's own dz (float32) exactly up to summation rounding.
+        got_dz = host(backend, dz).astype(np.float64)
+        tol = 1e-6 * np.abs(got_dz).sum(axis=0) + 1e-30
+        got_db = host(backend, db)
+        assert np.isfinite(got_db).all(), what
+        assert (np.abs(got_db - ref.bias_grad(got_dz)) <= tol).all(), what
+        # In place (dz is dy) and without db: the same dz.
+        d = dev(backend, dy)
+        backend.act_bias_bwd(act, dev(backend, y), d, d, None)
+        np.testing.assert_array_equal(host(backend, d), host(backend, dz))
+
+
 # ---- losses and metrics ----------------------------------------------------------------
 
 def loss_inputs(kind, rng, rows, cols):

@@ -126,7 +126,8 @@ def _build_ctypes(tmp_path_factory) -> CGemm:
     if cc is None:
         pytest.skip("no C compiler to build ext/gemm.c")
     out = tmp_path_factory.mktemp("gemm")
-    srcs = [str(EXT / "gemm.c")]
+    # activation.c holds the epilogue (bias + activation) gemm.c calls.
+    srcs = [str(EXT / "gemm.c"), str(EXT / "activation.c")]
     if (EXT / "threads.c").exists():
         srcs.append(str(EXT / "threads.c"))
     else:

@@ -108,6 +108,17 @@ class Backend:
         """db = column sums of the (rows, cols) array dz, in row order."""
         raise NotImplementedError
 
+    def act_bias_bwd(self, act: str, y: Any, dy: Any, dz: Any, db: Optional[Any]) -> None:
+        """dz = dy * act'(.) via the forward output y (dz may be dy), then db =
+        column sums of dz when db is not None. Backends fuse the two passes
+        where they can; this default runs them one after the other."""
+        if act != "linear":
+            self.act_bwd(act, y, dy, dz)
+        elif dz is not dy:
+            self.copy_(dz, dy)
+        if db is not None:
+            self.bias_grad(dz, db)
+
     # ---- losses and metrics --------------------------------------------
     def loss(self, kind: str, pred: Any, target: Any, grad: Any,
              acc: Any, probs: Optional[Any] = None) -> None:

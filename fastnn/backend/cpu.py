@@ -131,6 +131,10 @@ class CPUBackend(CPUConvOps, Backend):
     def bias_grad(self, dz: np.ndarray, db: np.ndarray) -> None:
         _C.bias_grad(dz, db)
 
+    def act_bias_bwd(self, act: str, y: np.ndarray, dy: np.ndarray, dz: np.ndarray,
+                     db: Optional[np.ndarray]) -> None:
+        _C.act_bias_bwd(_act_code(act), y, dy, dz, db)
+
     # ---- losses and metrics --------------------------------------------
     def loss(self, kind: str, pred: np.ndarray, target: np.ndarray, grad: np.ndarray,
              acc: np.ndarray, probs: Optional[np.ndarray] = None) -> None:

@@ -66,12 +66,12 @@ class Dense(Layer):
     def backward(self, dy: Any, need_dx: bool) -> Optional[Any]:
         ctx = self.ctx
         dz = dy.reshape(ctx["y"].shape)
-        act = self.activation_name
-        if act != "linear":
-            self.backend.act_bwd(act, ctx["y"], dz, dz)
+        # The activation's backward and the bias gradient share one pass over dz.
+        self.backend.act_bias_bwd(self.activation_name, ctx["y"], dz, dz,
+                                  self.grad_out("bias"))
         dx = self.scratch("dx", ctx["x"].shape) if need_dx else None
         self.backend.dense_bwd(ctx["x"], self.param("kernel"), dz, self.grad_out("kernel"),
-                               self.grad_out("bias"), dx)
+                               None, dx)
         self.commit_grads()
         return None if dx is None else dx.reshape(ctx["x_shape"])
 
