@@ -27,10 +27,11 @@ With --profile it breaks a training step down by op in both frameworks.
 One process means one OpenMP runtime: PyTorch's bundled libgomp and fastnn's
 share the soname, so whichever loads first serves both, with the wait policy
 in the environment at that moment. fastnn is imported first, so both run with
-fastnn's default OMP_WAIT_POLICY=PASSIVE (unless the caller set a policy).
-Timed in separate processes with each one's own defaults, PyTorch's LeNet
-epoch was the same within the noise of this shared machine (4.4-5.0 s against
-4.7-4.8 s when passive, 2 threads).
+fastnn's default wait (GOMP_SPINCOUNT=10000 since 2026-11-30, OMP_WAIT_POLICY=
+PASSIVE before; unless the caller set a policy). Timed in separate processes with
+each one's own defaults, PyTorch's LeNet epoch was the same within the noise of
+this shared machine (4.4-5.0 s against 4.7-4.8 s when passive, 2 threads). The
+figures in bench/README.md were taken under PASSIVE.
 """
 from __future__ import annotations
 

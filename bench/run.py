@@ -2,8 +2,10 @@
 
     python bench/run.py [--quick] [--threads 1,2] [--json out.json]
 
-Runs, in this one process and at the same thread counts for every contender,
-fastnn against NumPy and against PyTorch (when importable):
+Runs, in one command and at the same thread counts for every contender, fastnn
+against NumPy and against PyTorch (when importable); PyTorch's MLP epochs run in a
+child process (bench/torch_worker.py, for its own OpenMP settings), alternating
+with fastnn's, everything else in this process:
 
   * SGEMM at 256..2048 cubes and at the shapes an MLP's forward and backward make;
   * one epoch of the seed MLP (784-128-10) and of the wide MLP (784-1024-1024-10),
@@ -25,6 +27,9 @@ import sys
 # another purpose would pin NumPy (and torch, where it uses OpenBLAS) to a slower
 # kernel family, so it must go before anything imports numpy.
 _CORETYPE = os.environ.pop("OPENBLAS_CORETYPE", None)
+# The OpenMP wait settings as the user gave them, before importing fastnn adds
+# its own: PyTorch's training epochs run in a child with these (torch_worker.py).
+_USER_OMP_ENV = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -33,6 +38,8 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -46,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from common import Row, Threads, measure  # noqa: E402
+from torch_worker import torch_mlp, torch_train_epoch  # noqa: E402
 
 BATCH = 128
 N_TRAIN = 60000
@@ -290,35 +298,52 @@ def fastnn_mlp(libs: Libs, hidden: List[int]) -> Any:
     return model
 
 
-def torch_mlp(torch: Any, hidden: List[int], fused: bool) -> Tuple[Any, Any]:
-    """The same network in PyTorch (logits out; the loss applies the softmax)."""
-    nn = torch.nn
-    torch.manual_seed(0)
-    mods: List[Any] = [nn.Flatten()]
-    width = 784
-    for h in hidden:
-        mods += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    mods.append(nn.Linear(width, 10))
-    model = nn.Sequential(*mods)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True) if fused else \
-        torch.optim.Adam(model.parameters(), lr=1e-3)
-    return model, opt
+class TorchEpochs:
+    """PyTorch's MLP training epochs, run in bench/torch_worker.py.
 
+    One OpenMP runtime serves a whole process, under the wait policy of the
+    library that loaded it first (see torch_worker.py), so PyTorch's epochs run
+    in a child that never imports fastnn and has the user's OpenMP settings; the
+    parent sends one epoch per request, so the repetitions still alternate.
+    """
 
-def torch_train_epoch(torch: Any, model: Any, opt: Any, x: Any, y: Any, bs: int) -> None:
-    """A plain PyTorch training loop: shuffle, then per batch gather, forward,
-    loss, backward, step."""
-    f = torch.nn.functional
-    n = x.shape[0]
-    perm = torch.randperm(n)
-    for start in range(0, n, bs):
-        idx = perm[start:start + bs]
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        loss = f.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in _USER_OMP_ENV}
+        env.update({k: v for k, v in _USER_OMP_ENV.items() if v is not None})
+        self._dir = tempfile.TemporaryDirectory(prefix="fastnn-bench-")
+        xp, yp = os.path.join(self._dir.name, "x.npy"), os.path.join(self._dir.name, "y.npy")
+        np.save(xp, x)
+        np.save(yp, y)
+        self._proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "torch_worker.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        common.HELPER_PIDS.append(self._proc.pid)
+        self._call({"op": "load", "x": xp, "y": yp})
+
+    def _call(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(req) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"torch_worker exited (code {self._proc.poll()})")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"torch_worker: {reply.get('error')}")
+        return reply
+
+    def epoch(self, hidden: List[int], fused: bool, threads: int, n: int) -> None:
+        self._call({"op": "epoch", "hidden": hidden, "fused": fused, "threads": threads,
+                    "n": n, "bs": BATCH})
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        # wait4 rather than wait: the child's CPU time still counts as ours
+        _, status, usage = os.wait4(self._proc.pid, 0)
+        self._proc.returncode = os.waitstatus_to_exitcode(status)
+        common.helper_ended(self._proc.pid, usage.ru_utime + usage.ru_stime)
+        self._dir.cleanup()
 
 
 def time_epochs(runs: Dict[str, Callable[[int], None]], n_full: int, bs: int, repeat: int,
@@ -387,39 +412,47 @@ def bench_mlp(libs: Libs, threads: Threads, thread_counts: List[int], cfg: Setti
               errors: Errors, data: Tuple[np.ndarray, ...], hidden: List[int],
               label: str, budget: float, steps: Optional[int]) -> List[Row]:
     x, y = data[0], data[1]
-    torch = libs.torch
     rows = []
-    xt = yt = None
-    if torch is not None:
-        xt = torch.from_numpy(x)
-        yt = torch.from_numpy(y.astype(np.int64))
-    for t in thread_counts:
-        row = Row("mlp", label, t)
-        runs: Dict[str, Callable[[int], None]] = {}
-        with threads.use(t):
-            if libs.fastnn is not None:
-                model = errors.run(f"{label} [fastnn, {t} thr]",
-                                   lambda: fastnn_mlp(libs, hidden))
-                if model is not None:
-                    runs["fastnn"] = (lambda n, model=model: model.fit(
-                        x[:n], y[:n], batch_size=BATCH, epochs=1, verbose=0))
-            if torch is not None:
-                for name, fused in (("torch", False), ("torch_fused", True)):
-                    tm, opt = torch_mlp(torch, hidden, fused)
-                    runs[name] = (lambda n, tm=tm, opt=opt: torch_train_epoch(
-                        torch, tm, opt, xt[:n], yt[:n], BATCH))
-            res = time_epochs(runs, len(x), BATCH, cfg.epoch_repeat, budget, steps, errors,
-                              f"{label}, {t} thr")
-        hows = {}
-        for name, (sec, how, raw) in res.items():
-            row.times[name] = sec
-            hows[name] = how
-            row.extra[f"{name}_samples_s"] = raw
-        row.extra["measured_as"] = hows
-        row.note = describe_modes(hows)
-        rows.append(row)
-        print(common.table([row]).splitlines()[-1], flush=True)
+    worker = None
+    if libs.torch is not None:
+        worker = errors.run(f"{label} [torch worker]", lambda: TorchEpochs(x, y))
+    try:
+        for t in thread_counts:
+            rows.append(_mlp_row(libs, threads, cfg, errors, x, y, hidden, label, budget,
+                                 steps, worker, t))
+    finally:
+        if worker is not None:
+            worker.close()
     return rows
+
+
+def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.ndarray,
+             y: np.ndarray, hidden: List[int], label: str, budget: float,
+             steps: Optional[int], worker: Optional[TorchEpochs], t: int) -> Row:
+    """One thread count's row: fastnn's fit against the worker's PyTorch epochs."""
+    row = Row("mlp", label, t)
+    runs: Dict[str, Callable[[int], None]] = {}
+    with threads.use(t):
+        if libs.fastnn is not None:
+            model = errors.run(f"{label} [fastnn, {t} thr]",
+                               lambda: fastnn_mlp(libs, hidden))
+            if model is not None:
+                runs["fastnn"] = (lambda n, model=model: model.fit(
+                    x[:n], y[:n], batch_size=BATCH, epochs=1, verbose=0))
+        if worker is not None:
+            for name, fused in (("torch", False), ("torch_fused", True)):
+                runs[name] = (lambda n, fused=fused: worker.epoch(hidden, fused, t, n))
+        res = time_epochs(runs, len(x), BATCH, cfg.epoch_repeat, budget, steps, errors,
+                          f"{label}, {t} thr")
+    hows = {}
+    for name, (sec, how, raw) in res.items():
+        row.times[name] = sec
+        hows[name] = how
+        row.extra[f"{name}_samples_s"] = raw
+    row.extra["measured_as"] = hows
+    row.note = describe_modes(hows)
+    print(common.table([row]).splitlines()[-1], flush=True)
+    return row
 
 
 # ---------------------------------------------------------------------------

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import os
 
-# libgomp reads its wait policy once, when it loads (with _C below). By default
-# idle workers spin for ~300k iterations after every parallel region, which
-# steals the cores from whatever runs next: NumPy's own BLAS threads, the Python
-# loop, other processes. Measured on 2 cores (bench/bench_spin.py), a NumPy
-# matmul right after a fastnn kernel ran up to 15-145x slower with spinning and
-# ~1.0x with passive waiting, and an MNIST MLP epoch was faster passive too.
+# libgomp reads its wait policy once, when it loads (with _C below). Its default
+# spins idle workers for 300000 iterations (~4 ms here) after every parallel
+# region, which steals the cores from whatever runs next: NumPy's own BLAS
+# threads, the Python loop, other processes; PASSIVE (no spin) instead pays a
+# futex wake-up at each of the ~10-25 regions of a training step. A short spin
+# covers the gaps between one step's kernels and then sleeps. Measured on 2 cores
+# (bench/bench_spin.py, and a seed-MLP MNIST epoch at 2 threads):
+#   GOMP_SPINCOUNT  NumPy matmul right after a fastnn kernel  epoch
+#   300000          20x slower                               237 ms
+#   10000           1.07x                                    224 ms
+#   0 (PASSIVE)     0.94x                                    336-368 ms
 # Users who set either variable themselves keep their choice.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 import warnings  # noqa: E402
 

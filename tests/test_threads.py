@@ -1,8 +1,10 @@
 """Threads: results independent of the thread count, fork safety, pool control."""
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +107,23 @@ def test_import_is_light():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _spin_setting(env_extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(Path(fastnn.__file__).resolve().parent.parent)
+    code = ("import json, os, fastnn; print(json.dumps({k: os.environ.get(k) for k in "
+            "('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).parent, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose():
+    assert _spin_setting({}) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}
+    assert _spin_setting({"OMP_WAIT_POLICY": "active"}) == {"OMP_WAIT_POLICY": "active",
+                                                            "GOMP_SPINCOUNT": None}
+    assert _spin_setting({"GOMP_SPINCOUNT": "5"}) == {"OMP_WAIT_POLICY": None,
+                                                      "GOMP_SPINCOUNT": "5"}
