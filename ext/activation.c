@@ -1,10 +1,11 @@
 /* Activations: bias + activation forward, activation backward, the dense
- * forward (GEMM then bias + activation) and the bias gradient. */
+ * forward (a GEMM with bias + activation in its epilogue) and the bias gradient. */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
 
 #include "fastnn.h"
+#include "simd_clones.h"
 
 /* Below this many element-operations a parallel region costs more than it
  * saves. Transcendental activations weigh more per element. */
@@ -83,18 +84,7 @@ static inline float sigmoid_f(float z)
     return z >= 0.0f ? inv : e * inv;
 }
 
-/* The array loops below are compiled for several instruction sets, picked
- * at load time (GCC's target_clones, an ELF ifunc): a portable build still
- * runs 8- or 16-wide where the CPU allows. Every clone performs the same
- * IEEE operations in the same order (-std=c99 keeps FMA contraction off), so
- * results do not depend on which one runs. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__)
-#define SIMD_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define SIMD_CLONES
-#endif
-
+/* The array loops below are compiled per instruction set (simd_clones.h). */
 SIMD_CLONES
 void fnn_vexpf(int64_t n, const float *x, float *y)
 {

@@ -54,9 +54,16 @@
 
 /* ---- blocking ------------------------------------------------------------ */
 
+/* Overridable (-D) only to try other blockings in bench/bench_gemm_blocking.py. */
+#ifndef KC
 #define KC 384          /* longest K block                                     */
+#endif
+#ifndef MC
 #define MC 144          /* rows of A packed at once (multiple of every MR)     */
+#endif
+#ifndef NC
 #define NC 2048         /* columns of B packed at once (multiple of every NR)  */
+#endif
 #define MR_MAX 16
 #define NR_MAX 32
 
@@ -730,8 +737,12 @@ static int64_t k_block(int64_t K)
 /* Packing A costs about as much as a few FMAs per element and pays off only
  * when many column tiles reuse it; with few columns A is read in place.  Same
  * for B with few rows.  Row-major A needs the row-pointer kernel variant. */
+#ifndef DIRECT_A_MAX_N
 #define DIRECT_A_MAX_N 256
+#endif
+#ifndef DIRECT_B_MAX_M
 #define DIRECT_B_MAX_M 128
+#endif
 
 static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1, float *buf)

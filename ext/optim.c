@@ -1,12 +1,31 @@
 /* Fused optimiser steps over the flat parameter buffer (Keras 3 update
  * rules, float32 arithmetic per element). One pass reads each gradient once:
- * scale, clip, decoupled weight decay and the update happen together. */
+ * scale, clip, decoupled weight decay and the update happen together.
+ *
+ * Each step splits the buffer into fixed blocks shared out over the threads;
+ * a block's loop is compiled per instruction set (simd_clones.h), since the
+ * divisions and square roots of Adam and RMSprop make a step compute-bound
+ * while the buffers sit in cache (models up to a few MB). Every element is
+ * updated independently, so results do not depend on the thread count. */
 #include <math.h>
 #include <stddef.h>
 
 #include "fastnn.h"
+#include "simd_clones.h"
 
+/* Elements per block: large enough to amortise a call, small enough to share
+ * a small model's buffer out over the threads. */
+#define BLOCK 4096
+/* Below this many elements a parallel region costs more than it saves. */
 #define PAR_MIN_WORK 32768
+
+typedef struct {
+    float lr, momentum, beta_1, beta_2, epsilon, rho;
+    float lr_t;       /* Adam's step size with the bias correction folded in */
+    float wd_lr;      /* decoupled weight decay times the learning rate, or 0 */
+    float grad_scale, clip_value;
+    int nesterov;
+} step_args;
 
 /* g' = g * scale, clipped to [-clip, clip] when clip > 0. Written with
  * comparisons rather than fminf/fmaxf so that a NaN gradient stays NaN and
@@ -25,29 +44,104 @@ static inline float decay(float p, float wd_lr)
     return wd_lr != 0.0f ? p - p * wd_lr : p;
 }
 
+SIMD_CLONES
+static void sgd_block(int64_t n, float *p, const float *g, float *vel,
+                      const step_args *a)
+{
+    const float lr = a->lr, mom = a->momentum, wd_lr = a->wd_lr;
+    const float scale = a->grad_scale, clip = a->clip_value;
+    const int nesterov = a->nesterov;
+    if (vel == NULL) {
+        for (int64_t i = 0; i < n; i++)
+            p[i] = decay(p[i], wd_lr) - lr * prep_grad(g[i], scale, clip);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = prep_grad(g[i], scale, clip);
+        const float v = mom * vel[i] - lr * gi;
+        vel[i] = v;
+        const float pi = decay(p[i], wd_lr);
+        p[i] = nesterov ? pi + (mom * v - lr * gi) : pi + v;
+    }
+}
+
+SIMD_CLONES
+static void adam_block(int64_t n, float *p, const float *g, float *m, float *v,
+                       const step_args *a)
+{
+    const float one_b1 = 1.0f - a->beta_1, one_b2 = 1.0f - a->beta_2;
+    const float lr_t = a->lr_t, eps = a->epsilon, wd_lr = a->wd_lr;
+    const float scale = a->grad_scale, clip = a->clip_value;
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = prep_grad(g[i], scale, clip);
+        const float mi = m[i] + (gi - m[i]) * one_b1;
+        const float vi = v[i] + (gi * gi - v[i]) * one_b2;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = decay(p[i], wd_lr) - lr_t * mi / (sqrtf(vi) + eps);
+    }
+}
+
+SIMD_CLONES
+static void rmsprop_block(int64_t n, float *p, const float *g, float *vel,
+                          float *mom, float *avg, const step_args *a)
+{
+    const float rho = a->rho, one_rho = 1.0f - a->rho, lr = a->lr;
+    const float eps = a->epsilon, momentum = a->momentum, wd_lr = a->wd_lr;
+    const float scale = a->grad_scale, clip = a->clip_value;
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = prep_grad(g[i], scale, clip);
+        const float ve = rho * vel[i] + one_rho * gi * gi;
+        vel[i] = ve;
+        float den;
+        if (avg != NULL) {
+            const float av = rho * avg[i] + one_rho * gi;
+            avg[i] = av;
+            den = ve - av * av + eps;
+        } else {
+            den = ve + eps;
+        }
+        const float inc = lr * gi / sqrtf(den);
+        const float pi = decay(p[i], wd_lr);
+        if (mom != NULL) {
+            const float mo = momentum * mom[i] + inc;
+            mom[i] = mo;
+            p[i] = pi - mo;
+        } else {
+            p[i] = pi - inc;
+        }
+    }
+}
+
+static inline int use_parallel(int nt, int64_t n)
+{
+    return nt > 1 && n > PAR_MIN_WORK;
+}
+
+static inline int64_t block_len(int64_t n, int64_t b)
+{
+    return n - b * BLOCK < BLOCK ? n - b * BLOCK : BLOCK;
+}
+
+static inline float wd_times_lr(float weight_decay, float lr)
+{
+    return weight_decay > 0.0f ? weight_decay * lr : 0.0f;
+}
+
 void fnn_sgd_step(int64_t n, float *p, const float *g, float *velocity,
                   float lr, float momentum, int nesterov, float weight_decay,
                   float grad_scale, float clip_value)
 {
+    const step_args a = {.lr = lr, .momentum = momentum, .nesterov = nesterov,
+                         .wd_lr = wd_times_lr(weight_decay, lr),
+                         .grad_scale = grad_scale, .clip_value = clip_value};
     const int nt = fnn_get_num_threads();
-    const int par = nt > 1 && n > PAR_MIN_WORK;
-    (void)par; /* unused when built without OpenMP */
-    const float wd_lr = weight_decay > 0.0f ? weight_decay * lr : 0.0f;
-    if (velocity == NULL) {
-        #pragma omp parallel for schedule(static) if (par) num_threads(nt)
-        for (int64_t i = 0; i < n; i++) {
-            const float gi = prep_grad(g[i], grad_scale, clip_value);
-            p[i] = decay(p[i], wd_lr) - lr * gi;
-        }
-        return;
-    }
-    #pragma omp parallel for schedule(static) if (par) num_threads(nt)
-    for (int64_t i = 0; i < n; i++) {
-        const float gi = prep_grad(g[i], grad_scale, clip_value);
-        const float v = momentum * velocity[i] - lr * gi;
-        velocity[i] = v;
-        const float pi = decay(p[i], wd_lr);
-        p[i] = nesterov ? pi + (momentum * v - lr * gi) : pi + v;
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    (void)nt;
+    #pragma omp parallel for schedule(static) if (use_parallel(nt, n)) num_threads(nt)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t o = b * BLOCK;
+        sgd_block(block_len(n, b), p + o, g + o, velocity ? velocity + o : NULL, &a);
     }
 }
 
@@ -56,23 +150,20 @@ void fnn_adam_step(int64_t n, float *p, const float *g, float *m, float *v,
                    int64_t step, float weight_decay, float grad_scale,
                    float clip_value)
 {
-    const int nt = fnn_get_num_threads();
-    const int par = nt > 1 && n > PAR_MIN_WORK;
-    (void)par; /* unused when built without OpenMP */
-    const float wd_lr = weight_decay > 0.0f ? weight_decay * lr : 0.0f;
     /* Bias correction folded into the step size, computed once in double. */
     const double t = (double)step;
     const double b1p = pow((double)beta_1, t), b2p = pow((double)beta_2, t);
-    const float lr_t = (float)((double)lr * sqrt(1.0 - b2p) / (1.0 - b1p));
-    const float one_b1 = 1.0f - beta_1, one_b2 = 1.0f - beta_2;
-    #pragma omp parallel for schedule(static) if (par) num_threads(nt)
-    for (int64_t i = 0; i < n; i++) {
-        const float gi = prep_grad(g[i], grad_scale, clip_value);
-        const float mi = m[i] + (gi - m[i]) * one_b1;
-        const float vi = v[i] + (gi * gi - v[i]) * one_b2;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = decay(p[i], wd_lr) - lr_t * mi / (sqrtf(vi) + epsilon);
+    const step_args a = {.beta_1 = beta_1, .beta_2 = beta_2, .epsilon = epsilon,
+                         .lr_t = (float)((double)lr * sqrt(1.0 - b2p) / (1.0 - b1p)),
+                         .wd_lr = wd_times_lr(weight_decay, lr),
+                         .grad_scale = grad_scale, .clip_value = clip_value};
+    const int nt = fnn_get_num_threads();
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    (void)nt;
+    #pragma omp parallel for schedule(static) if (use_parallel(nt, n)) num_threads(nt)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t o = b * BLOCK;
+        adam_block(block_len(n, b), p + o, g + o, m + o, v + o, &a);
     }
 }
 
@@ -81,34 +172,18 @@ void fnn_rmsprop_step(int64_t n, float *p, const float *g, float *vel,
                       float momentum, float epsilon, float weight_decay,
                       float grad_scale, float clip_value)
 {
+    const step_args a = {.lr = lr, .rho = rho, .momentum = momentum,
+                         .epsilon = epsilon, .wd_lr = wd_times_lr(weight_decay, lr),
+                         .grad_scale = grad_scale, .clip_value = clip_value};
     const int nt = fnn_get_num_threads();
-    const int par = nt > 1 && n > PAR_MIN_WORK;
-    (void)par; /* unused when built without OpenMP */
-    const float wd_lr = weight_decay > 0.0f ? weight_decay * lr : 0.0f;
-    const float one_rho = 1.0f - rho;
-    const int centred = avg != NULL;
-    const int use_mom = momentum > 0.0f;
-    #pragma omp parallel for schedule(static) if (par) num_threads(nt)
-    for (int64_t i = 0; i < n; i++) {
-        const float gi = prep_grad(g[i], grad_scale, clip_value);
-        const float ve = rho * vel[i] + one_rho * gi * gi;
-        vel[i] = ve;
-        float den;
-        if (centred) {
-            const float a = rho * avg[i] + one_rho * gi;
-            avg[i] = a;
-            den = ve - a * a + epsilon;
-        } else {
-            den = ve + epsilon;
-        }
-        const float inc = lr * gi / sqrtf(den);
-        const float pi = decay(p[i], wd_lr);
-        if (use_mom) {
-            const float mo = momentum * mom[i] + inc;
-            mom[i] = mo;
-            p[i] = pi - mo;
-        } else {
-            p[i] = pi - inc;
-        }
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    (void)nt;
+    /* Keras applies momentum only when it is positive. */
+    float *mom_used = momentum > 0.0f ? mom : NULL;
+    #pragma omp parallel for schedule(static) if (use_parallel(nt, n)) num_threads(nt)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t o = b * BLOCK;
+        rmsprop_block(block_len(n, b), p + o, g + o, vel + o, mom_used ? mom_used + o : NULL,
+                      avg ? avg + o : NULL, &a);
     }
 }

@@ -149,3 +149,52 @@ def test_weight_decay_is_decoupled(backend):
                       lr=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1,
                       weight_decay=0.5, grad_scale=1.0, clip_value=0.0)
     np.testing.assert_allclose(host(backend, dp), p * (1 - 0.05), rtol=1e-6)
+
+
+# ---- block boundaries and threads (CPU: the steps run in 4096-element blocks) --------
+
+BLOCK_SIZES = (4095, 4096, 4097, 3 * 4096 + 5, 40_000 + 7)
+
+
+@pytest.fixture
+def cpu_threads():
+    from fastnn import _C
+    before = _C.get_num_threads()
+    yield _C
+    _C.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov", "adam", "rmsprop"])
+def test_steps_across_blocks_match_reference_at_any_thread_count(cpu_threads, rng, kind):
+    from fastnn.backend import get_backend
+    backend = get_backend("cpu")
+    for n in BLOCK_SIZES:
+        p0 = rng.standard_normal(n).astype(np.float32)
+        seq = grads(rng, n)
+        finals = []
+        for threads in (1, 2, 3):
+            cpu_threads.set_num_threads(threads)
+            p, s1, s2 = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+            want, state = p0.astype(np.float64), {"m": np.zeros(n), "v": np.zeros(n),
+                                                  "vel": np.zeros(n), "mom": np.zeros(n),
+                                                  "avg": np.zeros(n), "velocity": np.zeros(n)}
+            for t, g in enumerate(seq, start=1):
+                if kind.startswith("sgd"):
+                    kw = dict(lr=0.05, momentum=0.9, nesterov=kind == "sgd_nesterov",
+                              weight_decay=0.01, grad_scale=0.5, clip_value=2.0)
+                    backend.sgd_step(p, g, s1, **kw)
+                    want = ref.sgd_step(want, g, state, **kw)
+                elif kind == "adam":
+                    kw = dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                              weight_decay=0.004, grad_scale=1.0, clip_value=3.0)
+                    backend.adam_step(p, g, s1, s2, step=t, **kw)
+                    want = ref.adam_step(want, g, state, step=t, **kw)
+                else:
+                    kw = dict(lr=0.01, rho=0.9, momentum=0.5, epsilon=1e-7,
+                              weight_decay=0.0, grad_scale=1.0, clip_value=0.0)
+                    backend.rmsprop_step(p, g, s1, s2, None, **kw)
+                    want = ref.rmsprop_step(want, g, state, centered=False, **kw)
+            close(p.astype(np.float64), want, f"{kind} n={n} threads={threads}")
+            finals.append(p)
+        for other in finals[1:]:
+            assert np.array_equal(other.view(np.uint32), finals[0].view(np.uint32)), (kind, n)
