@@ -21,7 +21,9 @@ both. It prints the medians and fastnn's speed-up (torch time / fastnn time:
 above 1 means fastnn is faster) and writes bench/results/cnn.json.
 
 With --accuracy it also trains each net in both frameworks for its epoch count
-(at the largest thread count) and reports test accuracy and seconds per epoch.
+(at the largest thread count) and reports test accuracy and seconds per epoch;
+there the ResNet uses the example's schedule in both (Adam, learning rate 2e-3
+decayed to 0 along a cosine over the run, stepped per batch).
 With --profile it breaks a training step down by op in both frameworks.
 
 One process means one OpenMP runtime: PyTorch's bundled libgomp and fastnn's
@@ -60,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import fastnn  # noqa: E402
-from fastnn.examples.cnn import lenet5, small_resnet  # noqa: E402
+from fastnn.examples.cnn import lenet5, resnet_optimizer, small_resnet  # noqa: E402
 
 try:
     import torch
@@ -100,13 +102,26 @@ def load_mnist(path: Optional[str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
 # the nets
 # ---------------------------------------------------------------------------
 
-def fastnn_net(kind: str, seed: int = 0) -> Any:
-    """fastnn.examples.cnn's LeNet-5 or small ResNet, compiled as the example does."""
+def fastnn_net(kind: str, seed: int = 0, total_steps: Optional[int] = None) -> Any:
+    """fastnn.examples.cnn's LeNet-5 or small ResNet with Adam; given the run's
+    length, the ResNet gets the example's cosine schedule (resnet_optimizer)."""
     fastnn.utils.set_random_seed(seed)
     model = lenet5() if kind == "lenet" else small_resnet()
-    model.compile(optimizer=fastnn.optimizers.Adam(learning_rate=1e-3, epsilon=1e-7),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if kind == "resnet" and total_steps:
+        opt = resnet_optimizer(total_steps)
+    else:
+        opt = fastnn.optimizers.Adam(learning_rate=1e-3, epsilon=1e-7)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def torch_cosine(opt: Any, peak: float, total_steps: int) -> Any:
+    """PyTorch's twin of fastnn's CosineDecay(peak, total_steps), stepped per batch:
+    update k (from 0) uses peak * (1 + cos(pi * min(k, T) / T)) / 2."""
+    for group in opt.param_groups:
+        group["lr"] = peak
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, total_steps) / total_steps)))
 
 
 def _tf_same(k: int, stride: int, size: int) -> Tuple[int, int]:
@@ -181,9 +196,10 @@ def to_nchw(x: np.ndarray) -> Any:
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
-def torch_train_epoch(model: Any, opt: Any, x: Any, y: Any, bs: int) -> None:
+def torch_train_epoch(model: Any, opt: Any, x: Any, y: Any, bs: int,
+                      sched: Any = None) -> None:
     """A plain PyTorch training loop: shuffle, then per batch gather, forward,
-    loss, backward, step."""
+    loss, backward, step (and the learning-rate schedule's step, if any)."""
     f = torch.nn.functional
     model.train()
     perm = torch.randperm(x.shape[0])
@@ -193,6 +209,8 @@ def torch_train_epoch(model: Any, opt: Any, x: Any, y: Any, bs: int) -> None:
         loss = f.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
 
 
 def torch_predict(model: Any, x: Any, bs: int) -> Any:
@@ -314,7 +332,8 @@ def accuracy_runs(data: Tuple[np.ndarray, ...], epochs: Dict[str, int],
         if n_ep <= 0:
             continue
         row: Dict[str, Any] = {"net": kind, "epochs": n_ep, "threads": t}
-        model = fastnn_net(kind)
+        total_steps = n_ep * -(-len(x) // BATCH)
+        model = fastnn_net(kind, total_steps=total_steps)
         t0 = time.perf_counter()
         model.fit(x, y, batch_size=BATCH, epochs=n_ep, verbose=0)
         row["fastnn_s_per_epoch"] = (time.perf_counter() - t0) / n_ep
@@ -324,11 +343,12 @@ def accuracy_runs(data: Tuple[np.ndarray, ...], epochs: Dict[str, int],
               flush=True)
         if torch is not None:
             tm, opt = torch_net(kind)
+            sched = torch_cosine(opt, 2e-3, total_steps) if kind == "resnet" else None
             xt = to_nchw(x)
             yt = torch.from_numpy(y.astype(np.int64))
             t0 = time.perf_counter()
             for _ in range(n_ep):
-                torch_train_epoch(tm, opt, xt, yt, BATCH)
+                torch_train_epoch(tm, opt, xt, yt, BATCH, sched)
             row["torch_s_per_epoch"] = (time.perf_counter() - t0) / n_ep
             xtt = to_nchw(xte)
             row["torch_test_accuracy"] = torch_accuracy(tm, xtt,

@@ -58,6 +58,17 @@ def small_resnet(input_shape=(28, 28, 1), classes: int = 10, filters: int = 32,
     return fastnn.Model(inputs, outputs, device=device, name="small_resnet")
 
 
+def resnet_optimizer(total_steps: int) -> fastnn.optimizers.Adam:
+    """Adam for the small ResNet: learning rate 2e-3 decayed to 0 along a cosine
+    over the whole run (``total_steps`` updates).
+
+    With the constant default (1e-3) the net reached 98.32-98.49 % after 3 epochs;
+    with this schedule 98.97-99.11 % (seeds 0-2; bench/README.md).
+    """
+    schedule = fastnn.optimizers.schedules.CosineDecay(2e-3, decay_steps=total_steps)
+    return fastnn.optimizers.Adam(learning_rate=schedule)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastnn.examples.cnn",
                                      description="Train LeNet-5 or a small ResNet on MNIST.")
@@ -75,9 +86,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (x_train, y_train), (x_test, y_test) = mnist.load_data(args.data)
     x_train = (x_train.astype(np.float32) / 255.0)[..., None]
     x_test = (x_test.astype(np.float32) / 255.0)[..., None]
-    model = lenet5(device=args.device) if args.model == "lenet" else \
-        small_resnet(device=args.device)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+    if args.model == "lenet":
+        model, optimizer = lenet5(device=args.device), "adam"
+    else:
+        steps = epochs * -(-len(x_train) // args.batch_size)
+        model, optimizer = small_resnet(device=args.device), resnet_optimizer(steps)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     start = time.perf_counter()
     model.fit(x_train, y_train, epochs=epochs, batch_size=args.batch_size,
