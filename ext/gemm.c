@@ -54,7 +54,7 @@
 
 /* ---- blocking ------------------------------------------------------------ */
 
-/* Overridable (-D) only to try other blockings in bench/bench_gemm_blocking.py. */
+/* Overridable with -D, to try other blockings without editing this file. */
 #ifndef KC
 #define KC 384          /* longest K block                                     */
 #endif
