@@ -341,12 +341,34 @@ void bench_axpy(int64_t n, float *a, const float *c, float s, int nthreads)
     for (int64_t i = 0; i < n; i++)
         a[i] += s * c[i];
 }
+
+/* FMA peak: each thread runs iters x 12 independent 16-float multiply-adds
+ * (enough chains to cover the FMA latency); 384 flops per iteration. */
+typedef float vec16 __attribute__((vector_size(64)));
+double bench_fma_peak(int64_t iters, int nthreads)
+{
+    double total = 0.0;
+    #pragma omp parallel num_threads(nthreads) reduction(+:total)
+    {
+        vec16 acc[12];
+        const vec16 mul = (vec16){0} + 0.9999999f, add = (vec16){0} + 1e-7f;
+        for (int i = 0; i < 12; i++)
+            acc[i] = (vec16){0} + (float)i;
+        for (int64_t k = 0; k < iters; k++)
+            for (int i = 0; i < 12; i++)
+                acc[i] = acc[i] * mul + add;
+        for (int i = 0; i < 12; i++)
+            for (int j = 0; j < 16; j++)
+                total += acc[i][j];
+    }
+    return total;
+}
 """
 
 
 class CTriad:
-    """The STREAM triad (and an in-place variant) compiled at run time with
-    gcc -O3 -march=native -fopenmp.
+    """The STREAM triad (and an in-place variant), and an FMA-peak probe, compiled
+    at run time with gcc -O3 -march=native -fopenmp.
 
     The bandwidth reference for the Adam step: one vectorised pass over the
     arrays at an explicit thread count. Unavailable (``ok`` False) without gcc.
@@ -385,6 +407,9 @@ class CTriad:
         self._axpy.restype = None
         self._axpy.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_float, ctypes.c_int]
+        self._peak = self._lib.bench_fma_peak
+        self._peak.restype = ctypes.c_double
+        self._peak.argtypes = [ctypes.c_int64, ctypes.c_int]
         self.ok = True
 
     def __call__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float,
@@ -395,6 +420,17 @@ class CTriad:
     def axpy(self, a: np.ndarray, c: np.ndarray, s: float, threads: int) -> None:
         """a += s * c."""
         self._axpy(a.size, a.ctypes.data, c.ctypes.data, s, threads)
+
+    def fma_peak_gflops(self, threads: int, repeat: int = 5) -> float:
+        """The measured float32 FMA rate on ``threads`` threads (best of ``repeat``
+        runs of ~0.1 s): what a GEMM can reach at most."""
+        iters = 2_000_000
+        best = 0.0
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self._peak(iters, threads)
+            best = max(best, threads * iters * 384 / (time.perf_counter() - t0) / 1e9)
+        return best
 
 
 # ---------------------------------------------------------------------------

@@ -144,11 +144,13 @@ def floor_per_step(name: str, x: np.ndarray, y: np.ndarray, steps: int
             timed("loss", be.loss, "softmax_sparse_cce_logits", acts[-1], yb, dacts[-1],
                   acc, probs)
             for i in range(layers - 1, -1, -1):
-                if i < layers - 1:
-                    timed(f"act_bwd {i}", be.act_bwd, "relu", acts[i], dacts[i], dacts[i])
+                # as Dense.backward: activation backward and bias gradient in one pass
+                act = "relu" if i < layers - 1 else "linear"
+                timed(f"act_bias_bwd {i}", be.act_bias_bwd, act, acts[i], dacts[i], dacts[i],
+                      dbs[i])
                 below = acts[i - 1] if i > 0 else xb
                 dx = dacts[i - 1] if i > 0 else None
-                timed(f"dense_bwd {i}", be.dense_bwd, below, ws[i], dacts[i], dws[i], dbs[i], dx)
+                timed(f"dense_bwd {i}", be.dense_bwd, below, ws[i], dacts[i], dws[i], None, dx)
             timed("adam_step", be.adam_step, p, g, m, v, lr=1e-3, beta_1=0.9, beta_2=0.999,
                   epsilon=1e-7, step=s + 1, weight_decay=0.0, grad_scale=1.0, clip_value=0.0)
         total = time.perf_counter() - t_start

@@ -226,6 +226,9 @@ def bench_gemm(libs: Libs, threads: Threads, thread_counts: List[int], cfg: Sett
     rng = np.random.default_rng(2)
     for t in thread_counts:
         rate: Dict[str, float] = {}  # last cube's GFLOP/s, to skip hopeless calls
+        peak = libs.triad.fma_peak_gflops(t) if libs.triad.ok else None
+        if peak is not None:
+            print(f"   measured FMA peak at {t} thread(s): {peak:.0f} GFLOP/s", flush=True)
         with threads.use(t):
             for label, ta, tb, M, N, K in shapes:
                 a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
@@ -276,6 +279,9 @@ def bench_gemm(libs: Libs, threads: Threads, thread_counts: List[int], cfg: Sett
                 skipped = [k for k in ("fastnn", "numpy", "torch") if k + "_skipped" in row.extra]
                 row.note = "GFLOP/s " + " / ".join(gf) + (
                     f" (skipped: {', '.join(skipped)})" if skipped else "")
+                if peak is not None and "fastnn_gflops" in row.extra:
+                    row.extra["fma_peak_gflops"] = peak
+                    row.note += f"; fnn {row.extra['fastnn_gflops'] / peak:.0%} of FMA peak"
                 rows.append(row)
                 print(common.table([row]).splitlines()[-1], flush=True)
     return rows

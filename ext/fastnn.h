@@ -126,6 +126,8 @@ double fnn_mae_sum(int64_t rows, int64_t cols, const float *pred,
 double fnn_sumsq(int64_t n, const float *x);
 /* x *= s. */
 void fnn_scale(int64_t n, float *x, float s);
+/* Index of the first NaN or infinity in x[0:n], or -1 if all are finite. */
+int64_t fnn_first_nonfinite(int64_t n, const float *x);
 
 /* ---- optimisers (optim.c) ---------------------------------------------- */
 /* In every step the gradient used is g' = g * grad_scale, then clipped to

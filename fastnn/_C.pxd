@@ -70,6 +70,7 @@ cdef extern from "fastnn.h" nogil:
 
     double fnn_sumsq(int64_t n, const float *x)
     void fnn_scale(int64_t n, float *x, float s)
+    int64_t fnn_first_nonfinite(int64_t n, const float *x)
 
     void fnn_sgd_step(int64_t n, float *p, const float *g, float *velocity,
                       float lr, float momentum, int nesterov, float weight_decay,

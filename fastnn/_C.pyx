@@ -860,6 +860,21 @@ def sumsq(x) -> float:
     return r
 
 
+def first_nonfinite(x) -> int:
+    """Flat index of the first NaN or infinity in x, or -1 if every value is finite.
+
+    Args:
+        x: float32 array of any shape (C-contiguous).
+    """
+    cdef cnp.ndarray X = _array("first_nonfinite", "x", x, F32, -1, False)
+    cdef int64_t n = cnp.PyArray_SIZE(X)
+    cdef const float *px = _f32(X)
+    cdef int64_t r
+    with nogil:
+        r = fnn_first_nonfinite(n, px)
+    return r
+
+
 def scale(x, float s) -> None:
     """x *= s in place.
 

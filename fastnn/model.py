@@ -22,6 +22,7 @@ import numpy as np
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optimizers as optimizers_mod
+from ._C import first_nonfinite as _first_nonfinite
 from .backend import get_backend
 from .callbacks import Callback, CallbackList, History, ProgbarLogger
 from .layers.base import Layer, WeightSpec
@@ -363,9 +364,11 @@ class Model:
             raise ValueError(f"{what} has samples of shape {tuple(x.shape[1:])}, but model "
                              f"{self.name!r} expects {self._input_shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
-            raise ValueError(f"{what} contains NaN or infinity (first in sample {bad})")
+        # one pass in C over the whole data set, without a temporary mask
+        bad = _first_nonfinite(x)
+        if bad >= 0:
+            raise ValueError(f"{what} contains NaN or infinity (first in sample "
+                             f"{bad // max(1, x.size // len(x))})")
         return x
 
     def _prepare_y(self, y: Any, n: int, what: str = "y") -> np.ndarray:

@@ -368,3 +368,30 @@ def test_forked_child_runs_serial_and_does_not_hang(threads):
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert _C.get_num_threads() == (2 if _C.has_openmp() else 1)  # parent unaffected
+
+
+# ---- the finiteness scan of input data ---------------------------------------------
+
+@pytest.mark.parametrize("threads_n", [1, 2, 3])
+def test_first_nonfinite_matches_numpy(threads, rng, threads_n):
+    _C.set_num_threads(threads_n)
+    n = 5 * 16384 + 77
+    base = f32(rng, (n,))
+    base[::1000] = np.float32(3.4028235e38)       # largest finite
+    base[1::1000] = np.float32(1e-45)             # subnormal
+    base[2::1000] = np.float32(-0.0)
+    assert _C.first_nonfinite(base) == -1
+    assert _C.first_nonfinite(base[:0]) == -1
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in (0, 1, 16383, 16384, 3 * 16384 + 5, n - 1):
+            x = base.copy()
+            x[pos] = bad
+            x[min(n - 1, pos + 20000)] = bad      # a later one must not win
+            want = int(np.flatnonzero(~np.isfinite(x))[0])
+            assert _C.first_nonfinite(x) == want == pos
+    # any shape: the flat index
+    x = base[: 6 * 100].reshape(6, 10, 10).copy()
+    x[4, 3, 2] = np.nan
+    assert _C.first_nonfinite(x) == 4 * 100 + 3 * 10 + 2
+    with pytest.raises(TypeError, match="float32"):
+        _C.first_nonfinite(x.astype(np.float64))
