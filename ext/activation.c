@@ -248,22 +248,18 @@ void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
     }
 }
 
-void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
-                      const float *dy, float *dz, float *db)
+/* db = column sums of dz, where dz = dy * act'(y) is first written row
+ * segment by row segment (dz != NULL; act elementwise) or is dy itself
+ * (dz == NULL). Each column is summed by one thread, top row to bottom row,
+ * in double: the result does not depend on how blocks are shared out, and a
+ * row segment is summed while it is still in L1. */
+static void column_sums(int act, int64_t rows, int64_t cols, const float *y,
+                        const float *dy, float *dz, float *db)
 {
-    if (db == NULL || act == FNN_ACT_SOFTMAX) {
-        /* Softmax's backward needs whole rows; the column blocks below do not. */
-        fnn_act_bwd(act, rows, cols, y, dy, dz);
-        if (db != NULL)
-            fnn_bias_grad(rows, cols, dz, db);
-        return;
-    }
     const int nt = fnn_get_num_threads();
     const int64_t nblocks = (cols + BIAS_GRAD_BLOCK - 1) / BIAS_GRAD_BLOCK;
     const int par = nt > 1 && nblocks > 1 && rows * cols > PAR_MIN_WORK;
     (void)par; /* unused when built without OpenMP */
-    /* As fnn_bias_grad: one thread per column block, rows in order, double
-     * sums; each row segment of dz is summed while it is still in L1. */
     #pragma omp parallel for schedule(static) if (par) num_threads(nt)
     for (int64_t b = 0; b < nblocks; b++) {
         const int64_t c0 = b * BIAS_GRAD_BLOCK;
@@ -273,36 +269,33 @@ void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
             acc[c] = 0.0;
         for (int64_t r = 0; r < rows; r++) {
             const int64_t off = r * cols + c0;
-            act_bwd_row(act, w, y + off, dy + off, dz + off);
+            const float *seg = dy + off;
+            if (dz != NULL) {
+                act_bwd_row(act, w, y + off, dy + off, dz + off);
+                seg = dz + off;
+            }
             for (int64_t c = 0; c < w; c++)
-                acc[c] += (double)dz[off + c];
+                acc[c] += (double)seg[c];
         }
         for (int64_t c = 0; c < w; c++)
             db[c0 + c] = (float)acc[c];
     }
 }
 
+void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
+                      const float *dy, float *dz, float *db)
+{
+    if (db == NULL || act == FNN_ACT_SOFTMAX) {
+        /* Softmax's backward needs whole rows; the column blocks do not. */
+        fnn_act_bwd(act, rows, cols, y, dy, dz);
+        if (db != NULL)
+            fnn_bias_grad(rows, cols, dz, db);
+        return;
+    }
+    column_sums(act, rows, cols, y, dy, dz, db);
+}
+
 void fnn_bias_grad(int64_t rows, int64_t cols, const float *dz, float *db)
 {
-    const int nt = fnn_get_num_threads();
-    const int64_t nblocks = (cols + BIAS_GRAD_BLOCK - 1) / BIAS_GRAD_BLOCK;
-    const int par = nt > 1 && nblocks > 1 && rows * cols > PAR_MIN_WORK;
-    (void)par; /* unused when built without OpenMP */
-    /* Each column is summed by one thread, top row to bottom row, in double:
-     * the result does not depend on how blocks are shared out. */
-    #pragma omp parallel for schedule(static) if (par) num_threads(nt)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t c0 = b * BIAS_GRAD_BLOCK;
-        const int64_t w = cols - c0 < BIAS_GRAD_BLOCK ? cols - c0 : BIAS_GRAD_BLOCK;
-        double acc[BIAS_GRAD_BLOCK];
-        for (int64_t c = 0; c < w; c++)
-            acc[c] = 0.0;
-        for (int64_t r = 0; r < rows; r++) {
-            const float *row = dz + r * cols + c0;
-            for (int64_t c = 0; c < w; c++)
-                acc[c] += (double)row[c];
-        }
-        for (int64_t c = 0; c < w; c++)
-            db[c0 + c] = (float)acc[c];
-    }
+    column_sums(FNN_ACT_LINEAR, rows, cols, NULL, dz, NULL, db);
 }
