@@ -77,7 +77,7 @@ EOF
 # optimisers, data movement (test_kernels, test_backend_ops, test_gemm,
 # test_optim), the argument checks (test_boundary, test_properties) and
 # convolution, pooling and batch norm (test_conv_ops). CPU only.
-tests=(test_kernels.py test_backend_ops.py test_boundary.py test_optim.py test_gemm.py
+tests=(test_kernels.py test_backend_ops.py test_boundary.py test_optim.py test_gemm.py test_fusion.py
        test_conv_ops.py test_properties.py)
 start=$SECONDS
 set +e
