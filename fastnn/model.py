@@ -363,7 +363,9 @@ class Model:
         if tuple(x.shape[1:]) != self._input_shape:
             raise ValueError(f"{what} has samples of shape {tuple(x.shape[1:])}, but model "
                              f"{self.name!r} expects {self._input_shape}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        # aligned too: ascontiguousarray passes a misaligned view through, and the
+        # kernels (the finiteness scan first) refuse one
+        x = np.require(x, dtype=np.float32, requirements="CA")
         # one pass in C over the whole data set, without a temporary mask
         bad = _first_nonfinite(x)
         if bad >= 0:
