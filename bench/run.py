@@ -324,7 +324,11 @@ class TorchEpochs:
             [sys.executable, str(Path(__file__).resolve().parent / "torch_worker.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         common.HELPER_PIDS.append(self._proc.pid)
-        self._call({"op": "load", "x": xp, "y": yp})
+        try:
+            self._call({"op": "load", "x": xp, "y": yp})
+        except Exception:
+            self.close()  # no child left behind when PyTorch cannot start there
+            raise
 
     def _call(self, req: Dict[str, Any]) -> Dict[str, Any]:
         assert self._proc.stdin is not None and self._proc.stdout is not None
