@@ -482,3 +482,12 @@ def test_optimizer_uses_schedule_at_its_iteration_count():
         grad = 2.0 / 8 * xd.T @ (xd @ w - yd)
         np.testing.assert_allclose(model.get_weights()[0], w - sched(k) * grad, rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_progress_times_read_like_keras():
+    from fastnn.callbacks.progbar import _format_seconds
+    assert _format_seconds(0.000447) == "447us"
+    assert _format_seconds(0.0123) == "12ms"
+    assert _format_seconds(3.4) == "3s"
+    assert _format_seconds(75) == "1:15"
+    assert _format_seconds(3725) == "1:02:05"

@@ -19,7 +19,10 @@ def _format_seconds(seconds: float) -> str:
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
     if seconds >= 60:
         return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-    return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
+    if seconds >= 1:
+        return f"{seconds:.0f}s"
+    # as Keras: a sub-millisecond step reads "447us", not "0ms"
+    return f"{seconds * 1000:.0f}ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f}us"
 
 
 class ProgbarLogger(Callback):
