@@ -19,13 +19,21 @@
 /* Below this many elements a parallel region costs more than it saves. */
 #define PAR_MIN_WORK 32768
 
+/* One optimiser step: the flat buffers (state ones NULL when unused) and the
+ * scalars, shared read-only by every block. */
 typedef struct {
+    float *p;
+    const float *g;
+    float *s1, *s2, *s3; /* SGD: velocity; Adam: m, v; RMSprop: vel, mom, avg */
     float lr, momentum, beta_1, beta_2, epsilon, rho;
     float lr_t;       /* Adam's step size with the bias correction folded in */
     float wd_lr;      /* decoupled weight decay times the learning rate, or 0 */
     float grad_scale, clip_value;
     int nesterov;
 } step_args;
+
+/* The update of elements [off, off + n) of one step. */
+typedef void (*block_fn)(int64_t off, int64_t n, const step_args *a);
 
 /* g' = g * scale, clipped to [-clip, clip] when clip > 0. Written with
  * comparisons rather than fminf/fmaxf so that a NaN gradient stays NaN and
@@ -45,9 +53,10 @@ static inline float decay(float p, float wd_lr)
 }
 
 SIMD_CLONES
-static void sgd_block(int64_t n, float *p, const float *g, float *vel,
-                      const step_args *a)
+static void sgd_block(int64_t off, int64_t n, const step_args *a)
 {
+    float *p = a->p + off, *vel = a->s1 ? a->s1 + off : NULL;
+    const float *g = a->g + off;
     const float lr = a->lr, mom = a->momentum, wd_lr = a->wd_lr;
     const float scale = a->grad_scale, clip = a->clip_value;
     const int nesterov = a->nesterov;
@@ -66,9 +75,10 @@ static void sgd_block(int64_t n, float *p, const float *g, float *vel,
 }
 
 SIMD_CLONES
-static void adam_block(int64_t n, float *p, const float *g, float *m, float *v,
-                       const step_args *a)
+static void adam_block(int64_t off, int64_t n, const step_args *a)
 {
+    float *p = a->p + off, *m = a->s1 + off, *v = a->s2 + off;
+    const float *g = a->g + off;
     const float one_b1 = 1.0f - a->beta_1, one_b2 = 1.0f - a->beta_2;
     const float lr_t = a->lr_t, eps = a->epsilon, wd_lr = a->wd_lr;
     const float scale = a->grad_scale, clip = a->clip_value;
@@ -83,9 +93,11 @@ static void adam_block(int64_t n, float *p, const float *g, float *m, float *v,
 }
 
 SIMD_CLONES
-static void rmsprop_block(int64_t n, float *p, const float *g, float *vel,
-                          float *mom, float *avg, const step_args *a)
+static void rmsprop_block(int64_t off, int64_t n, const step_args *a)
 {
+    float *p = a->p + off, *vel = a->s1 + off;
+    float *mom = a->s2 ? a->s2 + off : NULL, *avg = a->s3 ? a->s3 + off : NULL;
+    const float *g = a->g + off;
     const float rho = a->rho, one_rho = 1.0f - a->rho, lr = a->lr;
     const float eps = a->epsilon, momentum = a->momentum, wd_lr = a->wd_lr;
     const float scale = a->grad_scale, clip = a->clip_value;
@@ -113,36 +125,33 @@ static void rmsprop_block(int64_t n, float *p, const float *g, float *vel,
     }
 }
 
-static inline int use_parallel(int nt, int64_t n)
-{
-    return nt > 1 && n > PAR_MIN_WORK;
-}
-
-static inline int64_t block_len(int64_t n, int64_t b)
-{
-    return n - b * BLOCK < BLOCK ? n - b * BLOCK : BLOCK;
-}
-
 static inline float wd_times_lr(float weight_decay, float lr)
 {
     return weight_decay > 0.0f ? weight_decay * lr : 0.0f;
+}
+
+/* Runs fn over [0, n) in BLOCK-element blocks, shared out over the threads. */
+static void run_blocks(int64_t n, block_fn fn, const step_args *a)
+{
+    const int nt = fnn_get_num_threads();
+    const int par = nt > 1 && n > PAR_MIN_WORK;
+    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
+    (void)par; /* unused when built without OpenMP */
+    #pragma omp parallel for schedule(static) if (par) num_threads(nt)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t off = b * BLOCK;
+        fn(off, n - off < BLOCK ? n - off : BLOCK, a);
+    }
 }
 
 void fnn_sgd_step(int64_t n, float *p, const float *g, float *velocity,
                   float lr, float momentum, int nesterov, float weight_decay,
                   float grad_scale, float clip_value)
 {
-    const step_args a = {.lr = lr, .momentum = momentum, .nesterov = nesterov,
-                         .wd_lr = wd_times_lr(weight_decay, lr),
+    const step_args a = {.p = p, .g = g, .s1 = velocity, .lr = lr, .momentum = momentum,
+                         .nesterov = nesterov, .wd_lr = wd_times_lr(weight_decay, lr),
                          .grad_scale = grad_scale, .clip_value = clip_value};
-    const int nt = fnn_get_num_threads();
-    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-    (void)nt;
-    #pragma omp parallel for schedule(static) if (use_parallel(nt, n)) num_threads(nt)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t o = b * BLOCK;
-        sgd_block(block_len(n, b), p + o, g + o, velocity ? velocity + o : NULL, &a);
-    }
+    run_blocks(n, sgd_block, &a);
 }
 
 void fnn_adam_step(int64_t n, float *p, const float *g, float *m, float *v,
@@ -153,18 +162,12 @@ void fnn_adam_step(int64_t n, float *p, const float *g, float *m, float *v,
     /* Bias correction folded into the step size, computed once in double. */
     const double t = (double)step;
     const double b1p = pow((double)beta_1, t), b2p = pow((double)beta_2, t);
-    const step_args a = {.beta_1 = beta_1, .beta_2 = beta_2, .epsilon = epsilon,
+    const step_args a = {.p = p, .g = g, .s1 = m, .s2 = v, .beta_1 = beta_1,
+                         .beta_2 = beta_2, .epsilon = epsilon,
                          .lr_t = (float)((double)lr * sqrt(1.0 - b2p) / (1.0 - b1p)),
                          .wd_lr = wd_times_lr(weight_decay, lr),
                          .grad_scale = grad_scale, .clip_value = clip_value};
-    const int nt = fnn_get_num_threads();
-    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-    (void)nt;
-    #pragma omp parallel for schedule(static) if (use_parallel(nt, n)) num_threads(nt)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t o = b * BLOCK;
-        adam_block(block_len(n, b), p + o, g + o, m + o, v + o, &a);
-    }
+    run_blocks(n, adam_block, &a);
 }
 
 void fnn_rmsprop_step(int64_t n, float *p, const float *g, float *vel,
@@ -172,18 +175,10 @@ void fnn_rmsprop_step(int64_t n, float *p, const float *g, float *vel,
                       float momentum, float epsilon, float weight_decay,
                       float grad_scale, float clip_value)
 {
-    const step_args a = {.lr = lr, .rho = rho, .momentum = momentum,
+    /* Keras applies momentum only when it is positive. */
+    const step_args a = {.p = p, .g = g, .s1 = vel, .s2 = momentum > 0.0f ? mom : NULL,
+                         .s3 = avg, .lr = lr, .rho = rho, .momentum = momentum,
                          .epsilon = epsilon, .wd_lr = wd_times_lr(weight_decay, lr),
                          .grad_scale = grad_scale, .clip_value = clip_value};
-    const int nt = fnn_get_num_threads();
-    const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-    (void)nt;
-    /* Keras applies momentum only when it is positive. */
-    float *mom_used = momentum > 0.0f ? mom : NULL;
-    #pragma omp parallel for schedule(static) if (use_parallel(nt, n)) num_threads(nt)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t o = b * BLOCK;
-        rmsprop_block(block_len(n, b), p + o, g + o, vel + o, mom_used ? mom_used + o : NULL,
-                      avg ? avg + o : NULL, &a);
-    }
+    run_blocks(n, rmsprop_block, &a);
 }
