@@ -26,6 +26,10 @@
  * products run on the calling thread alone.  alpha == 0 or K == 0 only
  * scales C (A and B are not read), as in BLAS.
  *
+ * Epilogue (fnn_sgemm_bias_act): bias + an elementwise activation applied to
+ * each C tile by the thread that owns it, right after the tile's last K
+ * block, so the dense layer's forward needs no second pass over its output.
+ *
  * Determinism: every element of C is an FMA chain over k in increasing order
  * within fixed K blocks (their size depends on K only), stored as
  * alpha * acc + beta * C with beta = 1 after the first block.  Every kernel
