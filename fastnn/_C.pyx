@@ -19,6 +19,8 @@ import os
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 
+from fastnn._checks cimport F32, I32, I64, checked_array, dtype_ok
+
 cnp.import_array()
 
 # Activation codes (the C enum fnn_activation).
@@ -39,50 +41,10 @@ ACTIVATION_CODES = {
 # argument checks
 # ---------------------------------------------------------------------------
 
-cdef enum _Kind:
-    F32 = 0
-    I32 = 1
-    I64 = 2
-
-cdef tuple _KIND_NAMES = ("float32", "int32", "int64")
-
-
-cdef inline bint _dtype_ok(cnp.ndarray a, int kind) noexcept:
-    cdef int tn = cnp.PyArray_TYPE(a)
-    if not cnp.PyArray_ISNOTSWAPPED(a):
-        return False
-    if kind == F32:
-        return tn == cnp.NPY_FLOAT
-    # int32 / int64 may be spelled by several type numbers (int/long/longlong)
-    # depending on the platform; size and signedness are what C relies on.
-    if not cnp.PyTypeNum_ISSIGNED(tn):
-        return False
-    return cnp.PyArray_ITEMSIZE(a) == (4 if kind == I32 else 8)
-
-
-cdef cnp.ndarray _array(str fn, str name, object obj, int kind, int ndim, bint out):
+cdef inline cnp.ndarray _array(str fn, str name, object obj, int kind, int ndim,
+                               bint out):
     """obj as a checked C-contiguous array; ndim < 0 accepts any ndim >= 1."""
-    if not isinstance(obj, cnp.ndarray):
-        raise TypeError(f"{fn}: argument '{name}' must be a numpy.ndarray, "
-                        f"got {type(obj).__name__}")
-    cdef cnp.ndarray a = <cnp.ndarray>obj
-    if not _dtype_ok(a, kind):
-        raise TypeError(f"{fn}: argument '{name}' must have dtype {_KIND_NAMES[kind]} "
-                        f"(native byte order), got {(<object>a).dtype}")
-    cdef int nd = cnp.PyArray_NDIM(a)
-    if ndim >= 0 and nd != ndim:
-        raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {(<object>a).shape}")
-    if ndim < 0 and nd < 1:
-        raise ValueError(f"{fn}: argument '{name}' must have at least 1 dimension, "
-                         f"got shape {(<object>a).shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{fn}: argument '{name}' must be C-contiguous, got strides "
-                         f"{(<object>a).strides} for shape {(<object>a).shape} (use numpy.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{fn}: argument '{name}' is not aligned for its dtype")
-    if out and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{fn}: output argument '{name}' is read-only")
-    return a
+    return checked_array(fn, name, obj, kind, ndim, out, 1)
 
 
 cdef cnp.ndarray _like(str fn, str name, object obj, int kind, bint out,
@@ -280,7 +242,7 @@ cdef cnp.ndarray _matrix(str fn, str name, object obj, bint out):
         raise TypeError(f"{fn}: argument '{name}' must be a numpy.ndarray, "
                         f"got {type(obj).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>obj
-    if not _dtype_ok(a, F32):
+    if not dtype_ok(a, F32):
         raise TypeError(f"{fn}: argument '{name}' must have dtype float32 "
                         f"(native byte order), got {(<object>a).dtype}")
     if cnp.PyArray_NDIM(a) != 2:

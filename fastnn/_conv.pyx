@@ -20,6 +20,8 @@ import operator
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 
+from fastnn._checks cimport F32, INDEX, U8, checked_array
+
 cnp.import_array()
 
 cdef extern from "fastnn.h" nogil:
@@ -84,58 +86,10 @@ ACTIVATION_CODES = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "softmax": 
 # argument checks
 # ---------------------------------------------------------------------------
 
-cdef enum _Kind:
-    F32 = 0
-    I32 = 1
-    I64 = 2
-    U8 = 3
-    INDEX = 4  # int32 or int64
-
-cdef tuple _KIND_NAMES = ("float32", "int32", "int64", "uint8", "int32 or int64")
-
-
-cdef inline bint _dtype_ok(cnp.ndarray a, int kind) noexcept:
-    cdef int tn = cnp.PyArray_TYPE(a)
-    cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(a)
-    if not cnp.PyArray_ISNOTSWAPPED(a):
-        return False
-    if kind == F32:
-        return tn == cnp.NPY_FLOAT
-    if kind == U8:
-        return tn == cnp.NPY_UBYTE
-    if not cnp.PyTypeNum_ISSIGNED(tn) or not cnp.PyTypeNum_ISINTEGER(tn):
-        return False
-    if kind == I32:
-        return size == 4
-    if kind == I64:
-        return size == 8
-    return size == 4 or size == 8
-
-
-cdef cnp.ndarray _array(str fn, str name, object obj, int kind, int ndim, bint out):
+cdef inline cnp.ndarray _array(str fn, str name, object obj, int kind, int ndim,
+                               bint out):
     """obj as a checked C-contiguous array; ndim < 0 accepts any ndim >= 2."""
-    if not isinstance(obj, cnp.ndarray):
-        raise TypeError(f"{fn}: argument '{name}' must be a numpy.ndarray, "
-                        f"got {type(obj).__name__}")
-    cdef cnp.ndarray a = <cnp.ndarray>obj
-    if not _dtype_ok(a, kind):
-        raise TypeError(f"{fn}: argument '{name}' must have dtype {_KIND_NAMES[kind]} "
-                        f"(native byte order), got {(<object>a).dtype}")
-    cdef int nd = cnp.PyArray_NDIM(a)
-    if ndim >= 0 and nd != ndim:
-        raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, "
-                         f"got shape {(<object>a).shape}")
-    if ndim < 0 and nd < 2:
-        raise ValueError(f"{fn}: argument '{name}' must have at least 2 dimensions, "
-                         f"got shape {(<object>a).shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{fn}: argument '{name}' must be C-contiguous "
-                         f"(use numpy.ascontiguousarray)")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{fn}: argument '{name}' is not aligned for its dtype")
-    if out and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{fn}: output argument '{name}' is read-only")
-    return a
+    return checked_array(fn, name, obj, kind, ndim, out, 2)
 
 
 cdef cnp.ndarray _opt(str fn, str name, object obj, int kind, int ndim, bint out):
