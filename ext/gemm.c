@@ -740,13 +740,32 @@ static int64_t k_block(int64_t K)
 
 /* Packing A costs about as much as a few FMAs per element and pays off only
  * when many column tiles reuse it; with few columns A is read in place.  Same
- * for B with few rows.  Row-major A needs the row-pointer kernel variant. */
+ * for B with few rows, as long as its K x NC block stays in L2 from one
+ * micro-panel of A to the next: a block read in place keeps B's row stride,
+ * and with a long power-of-two stride (a 1024-wide weight) its rows crowd a
+ * few cache sets and it is fetched again from memory for every micro-panel
+ * (the wide MLP's forward ran 10-12 % slower per training step that way).
+ * Row-major A needs the row-pointer kernel variant. */
 #ifndef DIRECT_A_MAX_N
 #define DIRECT_A_MAX_N 256
 #endif
 #ifndef DIRECT_B_MAX_M
 #define DIRECT_B_MAX_M 128
 #endif
+#ifndef DIRECT_B_MAX_BYTES
+#define DIRECT_B_MAX_BYTES (256 * 1024)
+#endif
+
+/* Whether this thread's rectangle reads op(B) from a packed copy. */
+static int packs_b(const kernel_desc *kd, const gemm_args *g, int64_t rows,
+                   int64_t cols)
+{
+    if (g->tb || rows > DIRECT_B_MAX_M)
+        return 1;
+    const int64_t block_bytes =
+        k_block(g->K) * (cols < NC ? cols : NC) * (int64_t)sizeof(float);
+    return rows > 2 * kd->mr && block_bytes > DIRECT_B_MAX_BYTES;
+}
 
 static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1, float *buf)
@@ -755,7 +774,7 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
     const int64_t K = g->K, kcb = k_block(K);
     const int pack_a =
         n1 - n0 > DIRECT_A_MAX_N || (!g->ta && kd->ukr_row[1] == NULL);
-    const int pack_b = g->tb || m1 - m0 > DIRECT_B_MAX_M;
+    const int pack_b = packs_b(kd, g, m1 - m0, n1 - n0);
     float *bufa = buf;
     float *bufb = bufa + BUF_A;
     float *edge_a = bufb + BUF_B;

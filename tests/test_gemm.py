@@ -208,11 +208,12 @@ def _use_kernel(g, name):
 
 SIZES = (1, 3, 17, 129)
 # Shapes with a 1000 somewhere: several K blocks, several N blocks, long
-# M runs; the MLP shapes the models use; narrow C (<= 16 columns).
+# M runs; the MLP shapes the models use; narrow C (<= 16 columns); few rows
+# of A with a B block too large to be read in place (100 x 1024, K 300).
 BIG = [(1000, 17, 129), (17, 1000, 3), (3, 129, 1000), (1000, 1000, 17),
        (129, 1000, 1000), (1000, 3, 1000), (128, 128, 784), (784, 128, 128),
        (128, 784, 128), (128, 10, 128), (128, 128, 10), (1000, 16, 129),
-       (300, 13, 700)]
+       (300, 13, 700), (100, 1024, 300)]
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
@@ -294,7 +295,7 @@ def test_bit_identical_across_thread_counts(cgemm, rng, kernel):
     # blocks.
     shapes = [(1000, 129, 300), (129, 1000, 300), (300, 300, 800),
               (128, 128, 784), (784, 128, 128), (128, 784, 128),
-              (1000, 10, 300), (3000, 16, 50)]
+              (1000, 10, 300), (3000, 16, 50), (100, 1024, 300)]
     for ta, tb in itertools.product((0, 1), (0, 1)):
         for M, N, K in shapes:
             a, b, c = _operands(rng, ta, tb, M, N, K, pad=1)
