@@ -7,13 +7,17 @@ For each model it reports, per training step:
   1. ``fit``: the step as model.fit runs it (median over whole fit calls);
   2. ``floor``: the same step as a bare sequence of backend op calls with
      preallocated buffers (gather, dense forward, fused loss, activation and
-     dense backward, one Adam step), each op timed on its own, so the sum is
-     what the current kernels cost and ``fit - floor`` is the framework's
-     per-step Python overhead;
-  3. the top functions of a cProfile run over fit (tottime, per step), with the
+     dense backward, one Adam step), each op also timed on its own;
+  3. what ``fit - floor`` is made of: ``framework``, fit again with every
+     kernel call replaced by a no-op (the model, layers and optimizer's own
+     Python); ``input checks``, fit's one-off validation of x and y per call,
+     spread over its steps; and the rest, kernels running slower inside fit
+     than in the bare sequence (what else the step touches evicts their data;
+     a few us either way are noise, and the no-op stubs' own calls);
+  4. the top functions of a cProfile run over fit (tottime, per step), with the
      time inside compiled fastnn calls set against the rest.
 
-cProfile inflates Python time, so (1) and (2) come from unprofiled runs.
+cProfile inflates Python time, so (1)-(3) come from unprofiled runs.
 """
 from __future__ import annotations
 
@@ -158,6 +162,45 @@ def floor_per_step(name: str, x: np.ndarray, y: np.ndarray, steps: int
     return total / steps, per_op
 
 
+# The backend methods a training step of these models calls into C.
+KERNEL_METHODS = ("gather_rows", "dense_fwd", "dense_bwd", "act_bias_bwd", "adam_step",
+                  "bias_act_fwd", "fill_")
+
+
+def framework_per_step(model: Any, x: np.ndarray, y: np.ndarray, bs: int,
+                       repeat: int) -> float:
+    """fit's time per step with every kernel call a no-op: what the model,
+    layers and optimizer cost in Python (their one-off input checks included)."""
+    be = model.backend
+    own = {name: be.__dict__[name] for name in KERNEL_METHODS if name in be.__dict__}
+    losses = dict(be._losses)
+    try:
+        for name in KERNEL_METHODS:
+            setattr(be, name, lambda *args, **kw: None)
+        for kind in losses:
+            be._losses[kind] = lambda *args: 0.0
+        return fit_per_step(model, x, y, bs, repeat)
+    finally:
+        for name in KERNEL_METHODS:
+            if name in own:
+                setattr(be, name, own[name])
+            else:
+                delattr(be, name)
+        be._losses.update(losses)
+
+
+def input_checks_per_step(model: Any, x: np.ndarray, y: np.ndarray, bs: int,
+                          repeat: int) -> float:
+    """fit's validation of x and y (finiteness scan, label range) per step."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        xs = model._prepare_x(x)
+        model._prepare_y(y, len(xs))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / (len(x) // bs)
+
+
 def profile_fit(model: Any, x: np.ndarray, y: np.ndarray, bs: int, top: int) -> str:
     steps = len(x) // bs
     prof = cProfile.Profile()
@@ -201,11 +244,21 @@ def main() -> int:
         model = build(name)
         fit_s = fit_per_step(model, x, y, bs, repeat=3)
         floor_s, per_op = floor_per_step(name, x, y, steps)
+        checks_s = input_checks_per_step(model, x, y, bs, repeat=3)
+        python_s = framework_per_step(model, x, y, bs, repeat=3) - checks_s
+        rest_s = fit_s - floor_s - python_s - checks_s
         print(f"\n{name}: batch {bs}, {steps} steps")
-        print(f"  fit     {fit_s * 1e6:9.1f} us/step")
-        print(f"  floor   {floor_s * 1e6:9.1f} us/step (the same ops as bare backend calls)")
-        print(f"  overhead{(fit_s - floor_s) * 1e6:9.1f} us/step of model/layer/optimizer "
-              f"Python ({(fit_s - floor_s) / fit_s:.0%} of fit)")
+        print(f"  fit          {fit_s * 1e6:9.1f} us/step")
+        print(f"  floor        {floor_s * 1e6:9.1f} us/step (the same ops as bare backend "
+              f"calls, in the same order)")
+        print(f"  fit - floor  {(fit_s - floor_s) * 1e6:9.1f} us/step "
+              f"({(fit_s - floor_s) / fit_s:.0%} of fit), of which:")
+        print(f"    framework  {python_s * 1e6:9.1f} us/step (fit with no-op kernels: model, "
+              f"layer and optimizer Python)")
+        print(f"    input checks{checks_s * 1e6:8.1f} us/step (fit's one-off scan of x and y, "
+              f"spread over {steps} steps)")
+        print(f"    rest       {rest_s * 1e6:9.1f} us/step (kernels slower inside fit than "
+              f"in the bare sequence)")
         print("  floor by op (each op timed on its own):")
         for op, t in sorted(per_op.items(), key=lambda kv: -kv[1]):
             print(f"    {op:<14}{t * 1e6:9.1f} us")
