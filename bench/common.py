@@ -45,7 +45,7 @@ class Timing:
 
 def measure(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1,
             min_sample_s: float = 0.0, max_total_s: float = float("inf"),
-            min_repeat: int = 3) -> Timing:
+            min_repeat: int = 3, warmup_s: float = 0.0) -> Timing:
     """Times ``fn()``: warm-up calls, then the median of ``repeat`` samples.
 
     A sample runs ``fn`` back to back often enough to last ``min_sample_s``
@@ -60,15 +60,22 @@ def measure(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1,
         min_sample_s: shortest acceptable sample.
         max_total_s: time budget for the timed samples.
         min_repeat: samples taken whatever the budget says.
+        warmup_s: keep warming up until this long has passed. A core left
+            idle for a while runs its first milliseconds of work slowly on
+            this VM: a 2-thread GEMM timed in 15 ms right after a stretch of
+            single-threaded work ran at half speed.
 
     Returns:
         A Timing in seconds per call.
     """
     first = None
-    for _ in range(max(warmup, 1)):
+    warm_start = time.perf_counter()
+    calls = 0
+    while calls < max(warmup, 1) or time.perf_counter() - warm_start < warmup_s:
         t0 = time.perf_counter()
         fn()
         first = time.perf_counter() - t0
+        calls += 1
     number = 1
     if min_sample_s > 0 and first is not None and first < min_sample_s:
         number = max(1, int(min_sample_s / max(first, 1e-7)))

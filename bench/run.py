@@ -239,8 +239,8 @@ def bench_gemm(libs: Libs, threads: Threads, thread_counts: List[int], cfg: Sett
                 flops = 2.0 * M * N * K
                 row = Row("sgemm", label, t, extra={"M": M, "N": N, "K": K,
                                                     "trans_a": ta, "trans_b": tb})
-                kw = dict(repeat=cfg.gemm_repeat, warmup=1, min_sample_s=0.003,
-                          max_total_s=cfg.gemm_budget)
+                kw = dict(repeat=cfg.gemm_repeat, warmup=1, warmup_s=0.1,
+                          min_sample_s=0.003, max_total_s=cfg.gemm_budget)
                 c_np = np.empty((M, N), np.float32)
                 fns: Dict[str, Callable[[], Any]] = {
                     "numpy": lambda: np.matmul(opa, opb, out=c_np)}
