@@ -19,6 +19,28 @@ def f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def finite_differences(f, weights, skip=None, h: float = 1e-6):
+    """Central differences of f(list of float64 weights) for every element of
+    every weight (None for the weights flagged in ``skip``). The weights are
+    perturbed in place and restored."""
+    grads = []
+    for w, skipped in zip(weights, skip or [False] * len(weights)):
+        if skipped:
+            grads.append(None)
+            continue
+        g = np.zeros_like(w)
+        for i in np.ndindex(w.shape):
+            saved = w[i]
+            w[i] = saved + h
+            up = f(weights)
+            w[i] = saved - h
+            down = f(weights)
+            w[i] = saved
+            g[i] = (up - down) / (2 * h)
+        grads.append(g)
+    return grads
+
+
 # ---- GEMM ---------------------------------------------------------------------------
 
 def gemm(a, b, c=None, trans_a: bool = False, trans_b: bool = False,

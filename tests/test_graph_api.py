@@ -7,6 +7,8 @@ graph executor against the Sequential one on the same network.
 import numpy as np
 import pytest
 
+import reference as ref
+
 from fastnn import Input, Model, Sequential
 from fastnn.layers import (Activation, Add, BatchNormalization, Concatenate, Conv2D, Dense,
                            Dropout, Flatten, GlobalAveragePooling2D, MaxPooling2D, Multiply)
@@ -33,23 +35,6 @@ def mse(pred, target):
     return float(np.mean((pred - target) ** 2))
 
 
-def finite_differences(loss, weights):
-    """Central differences of loss(list of float64 arrays) for every element."""
-    grads = []
-    for w in weights:
-        g = np.zeros_like(w)
-        for i in np.ndindex(w.shape):
-            saved = w[i]
-            w[i] = saved + H
-            up = loss(weights)
-            w[i] = saved - H
-            down = loss(weights)
-            w[i] = saved
-            g[i] = (up - down) / (2 * H)
-        grads.append(g)
-    return grads
-
-
 def model_grads(model, x, y):
     """Gradients of one SGD step (lr 0: weights unchanged), layer by layer in
     get_weights order, and the step's loss."""
@@ -63,7 +48,7 @@ def model_grads(model, x, y):
 
 def assert_grads_match(model, x, y, reference_loss):
     weights = [w.astype(np.float64) for w in model.get_weights()]
-    expected = finite_differences(reference_loss, weights)
+    expected = ref.finite_differences(reference_loss, weights, h=H)
     got, loss = model_grads(model, x, y)
     assert loss == pytest.approx(reference_loss(weights), rel=1e-5)
     assert len(got) == len(expected)

@@ -34,27 +34,6 @@ def analytic_grads(model, x, y):
     return grads, float(acc[0])
 
 
-def finite_differences(f, weights, skip):
-    """Central differences of f(list of float64 weights) for every element
-    (None for the weights flagged in ``skip``)."""
-    grads = []
-    for w, skipped in zip(weights, skip):
-        if skipped:
-            grads.append(None)
-            continue
-        g = np.zeros_like(w)
-        for i in np.ndindex(w.shape):
-            saved = w[i]
-            w[i] = saved + H
-            up = f(weights)
-            w[i] = saved - H
-            down = f(weights)
-            w[i] = saved
-            g[i] = (up - down) / (2 * H)
-        grads.append(g)
-    return grads
-
-
 def check(model, x, y, reference_loss, order=None):
     """``order``: layer names in the order ``reference_loss`` takes their weights."""
     set_random_seed(0)
@@ -67,7 +46,7 @@ def check(model, x, y, reference_loss, order=None):
         [len(model.get_layer(n).weight_specs) for n in names])[:-1])))
     got = [got[i] for name in order for i in by_layer[name]]
     assert loss == pytest.approx(reference_loss(weights), rel=1e-4, abs=1e-6)
-    want = finite_differences(reference_loss, weights, [g is None for g in got])
+    want = ref.finite_differences(reference_loss, weights, [g is None for g in got], H)
     for g, w in zip(got, want):
         if g is None:  # non-trainable (moving statistics)
             continue
