@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import fastnn  # noqa: E402
 from fastnn.examples.cnn import lenet5, resnet_optimizer, small_resnet  # noqa: E402
+from torch_worker import torch_train_epoch  # noqa: E402
 
 try:
     import torch
@@ -196,23 +197,6 @@ def to_nchw(x: np.ndarray) -> Any:
     return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
-def torch_train_epoch(model: Any, opt: Any, x: Any, y: Any, bs: int,
-                      sched: Any = None) -> None:
-    """A plain PyTorch training loop: shuffle, then per batch gather, forward,
-    loss, backward, step (and the learning-rate schedule's step, if any)."""
-    f = torch.nn.functional
-    model.train()
-    perm = torch.randperm(x.shape[0])
-    for start in range(0, x.shape[0], bs):
-        idx = perm[start:start + bs]
-        opt.zero_grad(set_to_none=True)
-        loss = f.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-
-
 def torch_predict(model: Any, x: Any, bs: int) -> Any:
     """Class probabilities for x, as fastnn's predict returns them."""
     model.eval()
@@ -292,7 +276,7 @@ def epoch_workload(kind: str, data: Tuple[np.ndarray, ...], t: int, steps: int,
         tm, opt = torch_net(kind)
         xt = to_nchw(xs)
         yt = torch.from_numpy(ys.astype(np.int64))
-        runs["torch"] = lambda: torch_train_epoch(tm, opt, xt, yt, BATCH)
+        runs["torch"] = lambda: torch_train_epoch(torch, tm, opt, xt, yt, BATCH)
     with common.OtherLoad() as load:
         res.samples = time_interleaved(runs, repeat)
     res.other_load = load.fraction
@@ -348,7 +332,7 @@ def accuracy_runs(data: Tuple[np.ndarray, ...], epochs: Dict[str, int],
             yt = torch.from_numpy(y.astype(np.int64))
             t0 = time.perf_counter()
             for _ in range(n_ep):
-                torch_train_epoch(tm, opt, xt, yt, BATCH, sched)
+                torch_train_epoch(torch, tm, opt, xt, yt, BATCH, sched)
             row["torch_s_per_epoch"] = (time.perf_counter() - t0) / n_ep
             xtt = to_nchw(xte)
             row["torch_test_accuracy"] = torch_accuracy(tm, xtt,
@@ -413,13 +397,13 @@ def profile_torch(kind: str, data: Tuple[np.ndarray, ...], steps: int) -> Dict[s
     tm, opt = torch_net(kind)
     xt = to_nchw(data[0][:steps * BATCH])
     yt = torch.from_numpy(data[1][:steps * BATCH].astype(np.int64))
-    torch_train_epoch(tm, opt, xt, yt, BATCH)
+    torch_train_epoch(torch, tm, opt, xt, yt, BATCH)
     t0 = time.perf_counter()
-    torch_train_epoch(tm, opt, xt, yt, BATCH)
+    torch_train_epoch(torch, tm, opt, xt, yt, BATCH)
     plain = time.perf_counter() - t0
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        torch_train_epoch(tm, opt, xt, yt, BATCH)
+        torch_train_epoch(torch, tm, opt, xt, yt, BATCH)
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     return {"steps": steps, "step_ms": 1e3 * plain / steps,
             "ops_ms_per_step": {e.key: e.self_cpu_time_total / 1e3 / steps for e in rows[:15]}}

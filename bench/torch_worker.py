@@ -43,10 +43,14 @@ def torch_mlp(torch: Any, hidden: List[int], fused: bool) -> Tuple[Any, Any]:
     return model, opt
 
 
-def torch_train_epoch(torch: Any, model: Any, opt: Any, x: Any, y: Any, bs: int) -> None:
+def torch_train_epoch(torch: Any, model: Any, opt: Any, x: Any, y: Any, bs: int,
+                      sched: Any = None) -> None:
     """A plain PyTorch training loop: shuffle, then per batch gather, forward,
-    loss, backward, step."""
+    loss, backward, step (and the learning-rate schedule's step, if any).
+    ``torch`` is the module, passed in so that importing this file does not
+    load PyTorch."""
     f = torch.nn.functional
+    model.train()
     perm = torch.randperm(x.shape[0])
     for start in range(0, x.shape[0], bs):
         idx = perm[start:start + bs]
@@ -54,6 +58,8 @@ def torch_train_epoch(torch: Any, model: Any, opt: Any, x: Any, y: Any, bs: int)
         loss = f.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
 
 
 class Worker:
