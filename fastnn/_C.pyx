@@ -19,7 +19,7 @@ import os
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t
 
-from fastnn._checks cimport F32, I32, I64, checked_array, dtype_ok
+from fastnn._checks cimport F32, I32, I64, checked_array
 
 cnp.import_array()
 
@@ -237,21 +237,9 @@ cdef int64_t _leading_dim(str fn, str name, cnp.ndarray a) except -1:
 
 
 cdef cnp.ndarray _matrix(str fn, str name, object obj, bint out):
-    """A 2-D float32 array whose rows are contiguous (any row stride)."""
-    if not isinstance(obj, cnp.ndarray):
-        raise TypeError(f"{fn}: argument '{name}' must be a numpy.ndarray, "
-                        f"got {type(obj).__name__}")
-    cdef cnp.ndarray a = <cnp.ndarray>obj
-    if not dtype_ok(a, F32):
-        raise TypeError(f"{fn}: argument '{name}' must have dtype float32 "
-                        f"(native byte order), got {(<object>a).dtype}")
-    if cnp.PyArray_NDIM(a) != 2:
-        raise ValueError(f"{fn}: argument '{name}' must be 2-D, got shape {(<object>a).shape}")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{fn}: argument '{name}' is not aligned for its dtype")
-    if out and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{fn}: output argument '{name}' is read-only")
-    return a
+    """A 2-D float32 array whose rows are contiguous (any row stride; see
+    _leading_dim, which every caller applies)."""
+    return checked_array(fn, name, obj, F32, 2, out, 2, False)
 
 
 def sgemm(a, b, c, bint trans_a=False, bint trans_b=False, float alpha=1.0,

@@ -11,4 +11,4 @@ cdef enum Kind:
 
 cdef bint dtype_ok(cnp.ndarray a, int kind) noexcept
 cdef cnp.ndarray checked_array(str fn, str name, object obj, int kind, int ndim,
-                               bint out, int min_ndim)
+                               bint out, int min_ndim, bint contiguous=*)

@@ -33,9 +33,11 @@ cdef bint dtype_ok(cnp.ndarray a, int kind) noexcept:
 
 
 cdef cnp.ndarray checked_array(str fn, str name, object obj, int kind, int ndim,
-                               bint out, int min_ndim):
-    """obj as a checked, aligned, C-contiguous array of ``kind``; ``ndim`` >= 0
-    asks for exactly that many dimensions, otherwise at least ``min_ndim``."""
+                               bint out, int min_ndim, bint contiguous=True):
+    """obj as a checked, aligned array of ``kind``, C-contiguous unless
+    ``contiguous`` is False (the caller then checks the strides it accepts);
+    ``ndim`` >= 0 asks for exactly that many dimensions, otherwise at least
+    ``min_ndim``."""
     if not isinstance(obj, cnp.ndarray):
         raise TypeError(f"{fn}: argument '{name}' must be a numpy.ndarray, "
                         f"got {type(obj).__name__}")
@@ -51,7 +53,7 @@ cdef cnp.ndarray checked_array(str fn, str name, object obj, int kind, int ndim,
         raise ValueError(f"{fn}: argument '{name}' must have at least {min_ndim} "
                          f"dimension{'s' if min_ndim > 1 else ''}, "
                          f"got shape {(<object>a).shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+    if contiguous and not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"{fn}: argument '{name}' must be C-contiguous, got strides "
                          f"{(<object>a).strides} for shape {(<object>a).shape} "
                          f"(use numpy.ascontiguousarray)")
