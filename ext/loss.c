@@ -27,17 +27,26 @@ struct loss_args {
     float *probs;            /* activated predictions ("_logits" losses) */
     float *grad;
     double gscale;           /* d(mean loss)/d(row loss) factor */
+    const double *lse;       /* softmax losses: log-sum-exp of row r at [r - lse_r0] */
+    int64_t lse_r0;
 };
 
 typedef double (*row_loss_fn)(const struct loss_args *a, int64_t r);
+/* Sum of the losses of rows [r0, r1), added in row order. */
+typedef double (*chunk_loss_fn)(const struct loss_args *a, row_loss_fn fn,
+                                int64_t r0, int64_t r1);
 
-/* Sum of fn(a, r) over rows in a thread-count independent order. */
-static double sum_rows(const struct loss_args *a, row_loss_fn fn, int64_t cost_per_row)
+/* Sum over all rows of chunk_fn's chunk sums, in an order independent of the
+ * thread count: chunks of at least min_chunk rows, their size a function of
+ * the row count only, added in chunk order. */
+static double sum_chunks(const struct loss_args *a, chunk_loss_fn chunk_fn,
+                         row_loss_fn fn, int64_t min_chunk, int64_t cost_per_row)
 {
     const int64_t rows = a->rows;
     if (rows <= 0)
         return 0.0;
-    const int64_t chunk = (rows + MAX_CHUNKS - 1) / MAX_CHUNKS;
+    int64_t chunk = (rows + MAX_CHUNKS - 1) / MAX_CHUNKS;
+    chunk = chunk < min_chunk ? min_chunk : chunk;
     const int64_t nchunks = (rows + chunk - 1) / chunk;
     double partial[MAX_CHUNKS];
     const int nt = fnn_get_num_threads();
@@ -47,10 +56,7 @@ static double sum_rows(const struct loss_args *a, row_loss_fn fn, int64_t cost_p
     for (int64_t k = 0; k < nchunks; k++) {
         const int64_t r0 = k * chunk;
         const int64_t r1 = r0 + chunk < rows ? r0 + chunk : rows;
-        double s = 0.0;
-        for (int64_t r = r0; r < r1; r++)
-            s += fn(a, r);
-        partial[k] = s;
+        partial[k] = chunk_fn(a, fn, r0, r1);
     }
     double total = 0.0;
     for (int64_t k = 0; k < nchunks; k++)
@@ -58,24 +64,48 @@ static double sum_rows(const struct loss_args *a, row_loss_fn fn, int64_t cost_p
     return total;
 }
 
-/* Writes softmax(z) into p; returns log-sum-exp(z), computed max-shifted so
- * that logits of any magnitude stay finite. */
-static inline double softmax_row(int64_t cols, const float *z, float *p)
+static double rows_in_order(const struct loss_args *a, row_loss_fn fn,
+                            int64_t r0, int64_t r1)
 {
-    float m = z[0];
-    for (int64_t c = 1; c < cols; c++)
-        m = z[c] > m ? z[c] : m;
-    for (int64_t c = 0; c < cols; c++)
-        p[c] = z[c] - m;
-    /* The same exp as the softmax activation: probabilities agree exactly. */
-    fnn_vexpf(cols, p, p);
     double s = 0.0;
-    for (int64_t c = 0; c < cols; c++)
-        s += p[c];
-    const float inv = (float)(1.0 / s);
-    for (int64_t c = 0; c < cols; c++)
-        p[c] *= inv;
-    return (double)m + log(s);
+    for (int64_t r = r0; r < r1; r++)
+        s += fn(a, r);
+    return s;
+}
+
+/* Sum of fn(a, r) over rows in a thread-count independent order. */
+static double sum_rows(const struct loss_args *a, row_loss_fn fn, int64_t cost_per_row)
+{
+    return sum_chunks(a, rows_in_order, fn, 1, cost_per_row);
+}
+
+/* Rows whose softmax fnn_softmax_rows takes at once in the softmax losses. */
+#define SOFTMAX_LOSS_ROWS 32
+
+/* The softmax losses' row functions read the row's probabilities from
+ * a->probs and its log-sum-exp from a->lse, both filled for them here, a
+ * block of rows at a time (one vectorised exp pass per block). */
+static double softmax_rows_in_order(const struct loss_args *a, row_loss_fn fn,
+                                    int64_t r0, int64_t r1)
+{
+    double lse[SOFTMAX_LOSS_ROWS];
+    struct loss_args block = *a;
+    double s = 0.0;
+    for (int64_t b = r0; b < r1; b += SOFTMAX_LOSS_ROWS) {
+        const int64_t nb = r1 - b < SOFTMAX_LOSS_ROWS ? r1 - b : SOFTMAX_LOSS_ROWS;
+        fnn_softmax_rows(nb, a->cols, a->x + b * a->cols, a->probs + b * a->cols, lse);
+        block.lse = lse;
+        block.lse_r0 = b;
+        for (int64_t r = b; r < b + nb; r++)
+            s += fn(&block, r);
+    }
+    return s;
+}
+
+static double sum_softmax_rows(const struct loss_args *a, row_loss_fn fn,
+                               int64_t cost_per_row)
+{
+    return sum_chunks(a, softmax_rows_in_order, fn, SOFTMAX_LOSS_ROWS, cost_per_row);
 }
 
 static double softmax_cce_row(const struct loss_args *a, int64_t r)
@@ -83,9 +113,9 @@ static double softmax_cce_row(const struct loss_args *a, int64_t r)
     const int64_t cols = a->cols;
     const float *z = a->x + r * cols;
     const float *t = a->t + r * cols;
-    float *p = a->probs + r * cols;
+    const float *p = a->probs + r * cols;
     float *g = a->grad + r * cols;
-    const double lse = softmax_row(cols, z, p);
+    const double lse = a->lse[r - a->lse_r0];
     double loss = 0.0, tsum = 0.0;
     for (int64_t c = 0; c < cols; c++) {
         /* -t*log(softmax) = t*(lse - z): no log of a rounded probability. */
@@ -103,8 +133,9 @@ double fnn_softmax_cce_logits(int64_t rows, int64_t cols, const float *logits,
 {
     if (rows <= 0)
         return 0.0;
-    struct loss_args a = {rows, cols, logits, target, NULL, probs, grad, 1.0 / (double)rows};
-    return sum_rows(&a, softmax_cce_row, cols * 12) / (double)rows;
+    struct loss_args a = {rows, cols, logits, target, NULL, probs, grad,
+                          1.0 / (double)rows, NULL, 0};
+    return sum_softmax_rows(&a, softmax_cce_row, cols * 12) / (double)rows;
 }
 
 static double softmax_sparse_cce_row(const struct loss_args *a, int64_t r)
@@ -112,9 +143,9 @@ static double softmax_sparse_cce_row(const struct loss_args *a, int64_t r)
     const int64_t cols = a->cols;
     const float *z = a->x + r * cols;
     const int32_t y = a->labels[r];
-    float *p = a->probs + r * cols;
+    const float *p = a->probs + r * cols;
     float *g = a->grad + r * cols;
-    const double lse = softmax_row(cols, z, p);
+    const double lse = a->lse[r - a->lse_r0];
     for (int64_t c = 0; c < cols; c++)
         g[c] = (float)((double)p[c] * a->gscale);
     g[y] = (float)(((double)p[y] - 1.0) * a->gscale);
@@ -127,8 +158,9 @@ double fnn_softmax_sparse_cce_logits(int64_t rows, int64_t cols,
 {
     if (rows <= 0)
         return 0.0;
-    struct loss_args a = {rows, cols, logits, NULL, labels, probs, grad, 1.0 / (double)rows};
-    return sum_rows(&a, softmax_sparse_cce_row, cols * 10) / (double)rows;
+    struct loss_args a = {rows, cols, logits, NULL, labels, probs, grad,
+                          1.0 / (double)rows, NULL, 0};
+    return sum_softmax_rows(&a, softmax_sparse_cce_row, cols * 10) / (double)rows;
 }
 
 /* clip(q, eps, 1 - eps); *inside = 0 where the clip is active (its gradient

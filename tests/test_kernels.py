@@ -92,6 +92,27 @@ def test_softmax_cce_stable_for_huge_logits(rng):
     np.testing.assert_allclose(y, ref.softmax(z), atol=1e-6)
 
 
+@pytest.mark.parametrize("cols", [10, 37])
+def test_softmax_nan_stays_in_its_row(rng, cols):
+    # Rows are reduced in lanes and exponentiated a block of rows at a time: a
+    # NaN past the first lane block must still reach its whole row, and no other.
+    rows, bad = 70, 33
+    z = f32(rng, (rows, cols), 3.0)
+    z[bad, cols - 2] = np.nan
+    labels = rng.integers(0, cols, rows).astype(np.int32)
+    t = np.eye(cols, dtype=np.float32)[labels]
+    ok = np.arange(rows) != bad
+    for fn, target in ((_C.softmax_cce_logits, t), (_C.softmax_sparse_cce_logits, labels)):
+        probs, grad = np.full_like(z, -1.0), np.full_like(z, -1.0)
+        assert np.isnan(fn(z, target, probs, grad))
+        assert np.isnan(probs[bad]).all() and np.isnan(grad[bad]).all()
+        np.testing.assert_allclose(probs[ok], ref.softmax(z[ok]), atol=1e-6)
+    y = z.copy()
+    _C.bias_act_fwd(_C.ACT_SOFTMAX, y, None, y)  # in place
+    assert np.isnan(y[bad]).all()
+    np.testing.assert_allclose(y[ok], ref.softmax(z[ok]), atol=1e-6)
+
+
 def test_sigmoid_bce_logits_finite_at_extremes():
     z = np.array([[100.0, -100.0, 100.0, -100.0, 0.0]], np.float32)
     t = np.array([[0.0, 1.0, 1.0, 0.0, 0.5]], np.float32)
