@@ -178,18 +178,7 @@ static void act_pixels(int act, int64_t n, int64_t F, float *o)
     } else if (act == FNN_ACT_TANH) {
         for (int64_t i = 0; i < n * F; i++) o[i] = tanhf(o[i]);
     } else if (act == FNN_ACT_SOFTMAX) {
-        for (int64_t p = 0; p < n; p++) {
-            float *r = o + p * F;
-            float m = r[0];
-            for (int64_t f = 1; f < F; f++) m = r[f] > m ? r[f] : m;
-            float s = 0.0f;
-            for (int64_t f = 0; f < F; f++) {
-                r[f] = expf(r[f] - m);
-                s += r[f];
-            }
-            float inv = 1.0f / s;
-            for (int64_t f = 0; f < F; f++) r[f] *= inv;
-        }
+        fnn_softmax_rows(n, F, o, o, NULL);
     }
 }
 
