@@ -113,6 +113,20 @@ def test_softmax_nan_stays_in_its_row(rng, cols):
     np.testing.assert_allclose(y[ok], ref.softmax(z[ok]), atol=1e-6)
 
 
+@pytest.mark.parametrize("rows,cols", [(10_000, 10), (777, 37), (5, 1000)])
+def test_softmax_loss_probs_equal_the_softmax_activation(rng, threads, rows, cols):
+    # The loss takes its rows in chunks of its own and the activation in blocks
+    # of 32; each row's probabilities must not depend on either.
+    z = f32(rng, (rows, cols), 4.0)
+    labels = rng.integers(0, cols, rows).astype(np.int32)
+    for n in (1, 2):
+        _C.set_num_threads(n)
+        probs, grad, act = (np.empty_like(z) for _ in range(3))
+        _C.softmax_sparse_cce_logits(z, labels, probs, grad)
+        _C.bias_act_fwd(_C.ACT_SOFTMAX, z, None, act)
+        np.testing.assert_array_equal(probs, act)
+
+
 def test_sigmoid_bce_logits_finite_at_extremes():
     z = np.array([[100.0, -100.0, 100.0, -100.0, 0.0]], np.float32)
     t = np.array([[0.0, 1.0, 1.0, 0.0, 0.5]], np.float32)
