@@ -165,17 +165,17 @@ void fnn_softmax_rows(int64_t rows, int64_t cols, const float *z, float *p,
 }
 
 SIMD_CLONES
-static void tanh_inplace(int64_t n, float *y)
+void fnn_vtanhf(int64_t n, const float *x, float *y)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = tanh_f(y[i]);
+        y[i] = tanh_f(x[i]);
 }
 
 SIMD_CLONES
-static void sigmoid_inplace(int64_t n, float *y)
+void fnn_vsigmoidf(int64_t n, const float *x, float *y)
 {
     for (int64_t i = 0; i < n; i++)
-        y[i] = sigmoid_f(y[i]);
+        y[i] = sigmoid_f(x[i]);
 }
 
 static inline int64_t act_cost(int act)
@@ -206,10 +206,10 @@ static inline void bias_act_row(int act, int64_t cols, const float *x,
             y[c] = y[c] < 0.0f ? 0.0f : y[c];
         break;
     case FNN_ACT_SIGMOID:
-        sigmoid_inplace(cols, y);
+        fnn_vsigmoidf(cols, y, y);
         break;
     case FNN_ACT_TANH:
-        tanh_inplace(cols, y);
+        fnn_vtanhf(cols, y, y);
         break;
     default: /* FNN_ACT_LINEAR */
         break;

@@ -20,7 +20,6 @@
  */
 #include "fastnn.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -174,9 +173,9 @@ static void fill_koff(const fnn_conv2d_geom *g, const conv_dims *d, int64_t *kof
 static void act_pixels(int act, int64_t n, int64_t F, float *o)
 {
     if (act == FNN_ACT_SIGMOID) {
-        for (int64_t i = 0; i < n * F; i++) o[i] = 1.0f / (1.0f + expf(-o[i]));
+        fnn_vsigmoidf(n * F, o, o);
     } else if (act == FNN_ACT_TANH) {
-        for (int64_t i = 0; i < n * F; i++) o[i] = tanhf(o[i]);
+        fnn_vtanhf(n * F, o, o);
     } else if (act == FNN_ACT_SOFTMAX) {
         fnn_softmax_rows(n, F, o, o, NULL);
     }

@@ -79,6 +79,10 @@ void fnn_act_bias_bwd(int act, int64_t rows, int64_t cols, const float *y,
 /* y[i] = exp(x[i]) within 1.3 ulp (saturates near FLT_MAX for x > 88.72),
  * vectorised, single-threaded (a building block); y may alias x. */
 void fnn_vexpf(int64_t n, const float *x, float *y);
+/* y[i] = tanh(x[i]) within 2.4 ulp, sigmoid(x[i]) within 2.9 ulp; vectorised,
+ * single-threaded; y may alias x. */
+void fnn_vtanhf(int64_t n, const float *x, float *y);
+void fnn_vsigmoidf(int64_t n, const float *x, float *y);
 /* p[r] = softmax(z[r]) for each of rows rows of cols floats, max-shifted (p
  * may be z), and lse[r] = log(sum(exp(z[r]))) unless lse is NULL.
  * Single-threaded. */
