@@ -47,6 +47,10 @@ void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
 int fnn_sgemm_set_kernel(int kind);
 /* Testing only: the micro-kernel fnn_sgemm uses now (1, 2 or 3). */
 int fnn_sgemm_get_kernel(void);
+/* Products whose op(A) has at most this fraction of nonzero entries skip
+ * its zeros (same results, less work; B not transposed, AVX-512 or portable
+ * kernels); 0 turns that off.  Returns the previous fraction. */
+double fnn_sgemm_set_sparse_density(double max_density);
 
 /* ---- activations (activation.c) --------------------------------------- */
 enum fnn_activation {

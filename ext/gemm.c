@@ -30,6 +30,10 @@
  * each C tile by the thread that owns it, right after the tile's last K
  * block, so the dense layer's forward needs no second pass over its output.
  *
+ * Mostly-zero op(A) (an input layer's pixels): when at most a quarter of
+ * its entries are nonzero and B is not transposed, gemm_sparse.c computes
+ * the product from lists of the nonzeros instead, with the same bits.
+ *
  * Determinism: every element of C is an FMA chain over k in increasing order
  * within fixed K blocks (their size depends on K only), stored as
  * alpha * acc + beta * C with beta = 1 after the first block.  Every kernel
@@ -40,6 +44,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "fastnn.h"
+#include "gemm_sparse.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -958,6 +963,59 @@ static void pick_grid(const kernel_desc *kd, int nt, int64_t M, int64_t N,
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PAR_MIN_WORK ((int64_t)80 * 80 * 80)
 
+/* ---- the sparse-A path (gemm_sparse.c) ----------------------------------- */
+
+/* The largest fraction of nonzeros in op(A) for which the path that skips
+ * zeros is taken; 0 turns it off.  Set only by the hook below. */
+static double sparse_max_density = SPARSE_DEFAULT_MAX_DENSITY;
+
+double fnn_sgemm_set_sparse_density(double max_density)
+{
+    const double old = sparse_max_density;
+    sparse_max_density = max_density;
+    return old;
+}
+
+/* Runs the product on the sparse-A path and returns 1 when it applies: B not
+ * transposed, a kernel family the path has, at least SPARSE_MIN_N columns (so
+ * each nonzero feeds whole vectors), and few enough nonzeros in op(A).  The
+ * choice never changes the result (see gemm_sparse.h), only the time. */
+static int run_sparse(int ksel, const gemm_args *g, int64_t M, int64_t N,
+                      int nt)
+{
+    const double density = sparse_max_density;
+    if (g->tb || density <= 0.0 || N < SPARSE_MIN_N ||
+        (ksel != KSEL_AVX512 && ksel != KSEL_GENERIC) ||
+        k_block(g->K) > SPARSE_KCB_MAX || M * N * g->K < PAR_MIN_WORK)
+        return 0;
+    const int avx512 = ksel == KSEL_AVX512;
+    const sparse_gemm_args s = {g->ta, M, N, g->K, k_block(g->K), g->alpha,
+                                g->beta, g->A, g->lda, g->B, g->ldb, g->C,
+                                g->ldc, g->bias, g->act};
+    const int64_t limit = (int64_t)(density * (double)M * (double)g->K);
+    if (sparse_count_nonzero(&s, limit, avx512) > limit)
+        return 0;
+    const int64_t part = part_size(M, nt, SPARSE_ROW_QUANTUM);
+    if (nt == 1 || part >= M) {
+        sparse_gemm_rows(&s, 0, M, avx512);
+        return 1;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), step = omp_get_num_threads();
+#else
+        const int t = 0, step = 1;
+#endif
+        for (int r = t; r < nt; r += step) {
+            const int64_t m0 = r * part, m1 = m0 + part < M ? m0 + part : M;
+            if (m0 < m1)
+                sparse_gemm_rows(&s, m0, m1, avx512);
+        }
+    }
+    return 1;
+}
+
 void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
                         int64_t K, float alpha, const float *A, int64_t lda,
                         const float *B, int64_t ldb, float beta, float *C,
@@ -972,7 +1030,8 @@ void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
         epilogue(&g, 0, 0, M, N);
         return;
     }
-    const kernel_desc *kd = kernel_for(fnn_sgemm_get_kernel());
+    const int ksel = fnn_sgemm_get_kernel();
+    const kernel_desc *kd = kernel_for(ksel);
 
     int nt = fnn_get_num_threads();
 #ifdef _OPENMP
@@ -981,6 +1040,8 @@ void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
 #endif
     if (M * N * K < PAR_MIN_WORK)
         nt = 1;
+    if (run_sparse(ksel, &g, M, N, nt))
+        return;
     int tm = 1, tn = 1;
     if (nt > 1)
         pick_grid(kd, nt, M, N, K, &tm, &tn);

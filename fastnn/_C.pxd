@@ -19,6 +19,7 @@ cdef extern from "fastnn.h" nogil:
                             int64_t ldc, const float *bias, int act)
     int fnn_sgemm_set_kernel(int kind)
     int fnn_sgemm_get_kernel()
+    double fnn_sgemm_set_sparse_density(double max_density)
 
     enum fnn_activation:
         FNN_ACT_LINEAR

@@ -315,6 +315,24 @@ def sgemm_get_kernel() -> int:
     return fnn_sgemm_get_kernel()
 
 
+def sgemm_set_sparse_density(double max_density) -> float:
+    """Sets when a product skips the zeros of op(a); returns the previous setting.
+
+    A product whose op(a) has at most this fraction of nonzero entries (and
+    whose b is not transposed, with the AVX-512 or portable kernels) runs a
+    path that skips them: same results, less work on mostly-zero inputs such
+    as MNIST's pixels. 0 turns the path off, 1 takes it whenever it applies;
+    the default is 0.25.
+
+    Raises:
+        ValueError: max_density outside [0, 1] or NaN.
+    """
+    if not 0.0 <= max_density <= 1.0:
+        raise ValueError(f"sgemm_set_sparse_density: argument 'max_density' must be in "
+                         f"[0, 1], got {max_density}")
+    return fnn_sgemm_set_sparse_density(max_density)
+
+
 # ---------------------------------------------------------------------------
 # activations and dense
 # ---------------------------------------------------------------------------

@@ -84,6 +84,9 @@ class CGemm:
         self.get_threads.restype = ctypes.c_int
         self.has_openmp = lib.fnn_has_openmp
         self.has_openmp.restype = ctypes.c_int
+        self.set_sparse_density = lib.fnn_sgemm_set_sparse_density
+        self.set_sparse_density.argtypes = [ctypes.c_double]
+        self.set_sparse_density.restype = ctypes.c_double
 
     def __call__(self, ta: int, tb: int, M: int, N: int, K: int,
                  alpha: float, a: np.ndarray, b: np.ndarray, beta: float,
@@ -110,6 +113,7 @@ class ExtGemm:
         self.set_threads = C.set_num_threads
         self.get_threads = C.get_num_threads
         self.has_openmp = C.has_openmp
+        self.set_sparse_density = C.sgemm_set_sparse_density
 
     def __call__(self, ta: int, tb: int, M: int, N: int, K: int,
                  alpha: float, a: np.ndarray, b: np.ndarray, beta: float,
@@ -127,7 +131,7 @@ def _build_ctypes(tmp_path_factory) -> CGemm:
         pytest.skip("no C compiler to build ext/gemm.c")
     out = tmp_path_factory.mktemp("gemm")
     # activation.c holds the epilogue (bias + activation) gemm.c calls.
-    srcs = [str(EXT / "gemm.c"), str(EXT / "activation.c")]
+    srcs = [str(EXT / "gemm.c"), str(EXT / "gemm_sparse.c"), str(EXT / "activation.c")]
     if (EXT / "threads.c").exists():
         srcs.append(str(EXT / "threads.c"))
     else:
@@ -331,3 +335,167 @@ def test_threads_from_python_threads(cgemm, rng):
         t.join()
     for o in outs:
         np.testing.assert_array_equal(o, want)
+
+
+# ---- the path that skips zeros of op(A) (ext/gemm_sparse.c) ----------------
+#
+# Taken when op(A) has few nonzeros, B is not transposed, C has at least 32
+# columns and the product is not tiny. It must give the dense path's bits
+# (same FMA chains, same K blocks, skipped terms are exact zeros), so each
+# case runs both ways and compares bitwise, besides the float64 reference.
+
+SPARSE_SHAPES = [(128, 128, 784), (784, 128, 128), (100, 1024, 784),
+                 (130, 257, 1000), (1000, 33, 129), (37, 48, 2000), (17, 500, 300)]
+
+
+@pytest.fixture
+def sparse_density(cgemm):
+    """Sets the sparse path's threshold for one test, then restores it."""
+    saved = cgemm.set_sparse_density(1.0)
+    cgemm.set_sparse_density(saved)
+    yield cgemm.set_sparse_density
+    cgemm.set_sparse_density(saved)
+
+
+def _zero_out(rng, a, ta, M, K, density):
+    """Keeps about `density` of op(A)'s entries (the stored block a[:K,:M] or
+    a[:M,:K]), zeros the rest; padding columns keep their NaN."""
+    block = a[:K, :M] if ta else a[:M, :K]
+    block[rng.random(block.shape) >= density] = 0.0
+
+
+def _sparse_and_dense(g, set_density, rng, ta, M, N, K, density, alpha, beta, pad):
+    a, b, c = _operands(rng, ta, 0, M, N, K, pad)
+    _zero_out(rng, a, ta, M, K, density)
+    opa = (a[:, :M].T if ta else a[:, :K]).astype(np.float64)
+    opb = b[:, :N].astype(np.float64)
+    c0 = np.zeros((M, N)) if beta == 0.0 else c[:, :N].astype(np.float64)
+    if beta == 0.0:
+        c[:, :N] = np.nan                  # must be overwritten, never read
+    outs = []
+    for threshold in (1.0, 0.0):           # sparse path forced, then off
+        set_density(threshold)
+        cc = c.copy()
+        g(ta, 0, M, N, K, alpha, a, b, beta, cc)
+        outs.append(cc)
+    got = outs[0][:, :N].astype(np.float64)
+    ref = alpha * (opa @ opb) + beta * c0
+    mag = abs(alpha) * (np.abs(opa) @ np.abs(opb)) + abs(beta) * np.abs(c0)
+    tol = 2.0 * (K + 4) * 2.0 ** -24 * mag + 1e-30
+    assert np.all(np.isfinite(got))
+    assert not (np.abs(got - ref) > tol).any(), f"sparse path wrong at {(ta, M, N, K)}"
+    np.testing.assert_array_equal(outs[0][:, N:], c[:, N:])  # padding untouched
+    assert outs[0].tobytes() == outs[1].tobytes(), (
+        f"sparse and dense paths differ at ta={ta} {(M, N, K)} density {density}")
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("ta", (0, 1))
+def test_sparse_a_matches_reference_and_dense_bits(cgemm, sparse_density, rng,
+                                                   kernel, ta):
+    _use_kernel(cgemm, kernel)
+    cases = [(1.0, 0.0, 0), (1.0, 1.0, 3), (0.75, 0.5, 1), (-1.5, -2.0, 0)]
+    for i, (M, N, K) in enumerate(SPARSE_SHAPES):
+        alpha, beta, pad = cases[i % len(cases)]
+        for density in (0.0, 0.05, 0.19, 0.5):
+            _sparse_and_dense(cgemm, sparse_density, rng, ta, M, N, K, density,
+                              alpha, beta, pad)
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx512"])
+def test_sparse_a_path_is_taken_below_the_threshold_only(cgemm, sparse_density, rng,
+                                                         kernel):
+    """Observable through B's infinities: the dense path multiplies a zero of
+    op(A) by them (NaN), the sparse path skips the product, as BLAS's
+    reference SGEMM does."""
+    _use_kernel(cgemm, kernel)
+    M, N, K = 128, 64, 300
+    for ta in (0, 1):
+        a, b, c = _operands(rng, ta, 0, M, N, K, pad=0)
+        _zero_out(rng, a, ta, M, K, 0.2)
+        opa = a.T if ta else a
+        opa[:, 7] = 0.0                    # no sample uses feature 7...
+        b[7, :] = np.inf                   # ...whose weights overflowed
+        for threshold, expect_nan in [(0.3, False), (1.0, False), (0.1, True),
+                                      (0.0, True)]:
+            sparse_density(threshold)
+            cc = c.copy()
+            cgemm(ta, 0, M, N, K, 1.0, a, b, 0.0, cc)
+            assert np.isnan(cc).all() == expect_nan, (ta, threshold)
+            if not expect_nan:
+                ref = opa.astype(np.float64) @ np.where(np.isinf(b), 0.0, b)
+                np.testing.assert_allclose(cc, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx512"])
+def test_sparse_a_propagates_nan_of_a(cgemm, sparse_density, rng, kernel):
+    _use_kernel(cgemm, kernel)
+    sparse_density(1.0)
+    M, N, K = 64, 96, 200
+    for ta in (0, 1):
+        a, b, c = _operands(rng, ta, 0, M, N, K, pad=0)
+        _zero_out(rng, a, ta, M, K, 0.1)
+        opa = a.T if ta else a
+        opa[5, 33] = np.nan
+        cgemm(ta, 0, M, N, K, 1.0, a, b, 0.0, c)
+        assert np.isnan(c[5]).all()
+        assert np.isfinite(np.delete(c, 5, axis=0)).all()
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx512"])
+def test_sparse_a_bit_identical_across_thread_counts(cgemm, sparse_density, rng,
+                                                     kernel):
+    if not cgemm.has_openmp():
+        pytest.skip("built without OpenMP")
+    _use_kernel(cgemm, kernel)
+    sparse_density(1.0)
+    for ta in (0, 1):
+        for M, N, K in [(128, 128, 784), (784, 128, 128), (1000, 200, 129),
+                        (100, 1024, 300)]:
+            a, b, c = _operands(rng, ta, 0, M, N, K, pad=1)
+            _zero_out(rng, a, ta, M, K, 0.2)
+            outs = []
+            for nt in (1, 2, 3):
+                cgemm.set_threads(nt)
+                cc = c.copy()
+                cgemm(ta, 0, M, N, K, 0.5, a, b, 1.0, cc)
+                outs.append(cc.tobytes())
+            assert outs[0] == outs[1] == outs[2], (ta, M, N, K)
+
+
+def test_sparse_a_epilogue_matches_dense(rng):
+    """Bias and activation after the sparse path: the dense path's bits."""
+    C = pytest.importorskip("fastnn._C")
+    saved = C.sgemm_set_sparse_density(1.0)
+    try:
+        for kind in (1, 3):
+            if C.sgemm_set_kernel(kind) != 0:
+                continue
+            for act in ("linear", "relu", "sigmoid", "tanh"):
+                x = rng.standard_normal((128, 784)).astype(np.float32)
+                x[rng.random(x.shape) > 0.2] = 0.0
+                w = rng.standard_normal((784, 200)).astype(np.float32) * 0.05
+                bias = rng.standard_normal(200).astype(np.float32)
+                outs = []
+                for threshold in (1.0, 0.0):
+                    C.sgemm_set_sparse_density(threshold)
+                    y = np.full((128, 200), np.nan, np.float32)
+                    C.sgemm(x, w, y, bias=bias, act=act)
+                    outs.append(y)
+                assert outs[0].tobytes() == outs[1].tobytes(), (kind, act)
+                z = x.astype(np.float64) @ w + bias
+                ref = {"linear": z, "relu": np.maximum(z, 0.0),
+                       "sigmoid": 1.0 / (1.0 + np.exp(-z)), "tanh": np.tanh(z)}[act]
+                np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-5)
+    finally:
+        C.sgemm_set_kernel(0)
+        C.sgemm_set_sparse_density(saved)
+
+
+def test_set_sparse_density_validates():
+    C = pytest.importorskip("fastnn._C")
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="max_density"):
+            C.sgemm_set_sparse_density(bad)
+    saved = C.sgemm_set_sparse_density(0.25)
+    assert C.sgemm_set_sparse_density(saved) == 0.25

@@ -1,0 +1,50 @@
+/* Internal to the SGEMM (gemm.c, gemm_sparse.c): the path that skips the zero
+ * entries of op(A), for inputs that are mostly zeros (MNIST's pixels are 81 %
+ * zeros).  Not part of the public kernel API in fastnn.h. */
+#ifndef FASTNN_GEMM_SPARSE_H
+#define FASTNN_GEMM_SPARSE_H
+
+#include <stdint.h>
+
+/* One product C[M,N] = alpha * op(A)[M,K] @ B[K,N] + beta * C (B never
+ * transposed), with gemm.c's epilogue, K blocks of kcb and store arithmetic. */
+typedef struct {
+    int ta;                  /* op(A)[i,k] = A[k*lda + i] if ta, else A[i*lda + k] */
+    int64_t M, N, K, kcb;
+    float alpha, beta;
+    const float *A;
+    int64_t lda;
+    const float *B;
+    int64_t ldb;
+    float *C;
+    int64_t ldc;
+    const float *bias;       /* NULL, or N floats added before act             */
+    int act;                 /* elementwise fnn_activation                     */
+} sparse_gemm_args;
+
+/* The number of nonzero (or NaN) entries of op(A), counted in a fixed order
+ * and stopped as soon as it exceeds limit (then some value > limit).
+ * avx512: use AVX-512 instructions (the caller checked the CPU). */
+int64_t sparse_count_nonzero(const sparse_gemm_args *g, int64_t limit,
+                             int avx512);
+
+/* Rows [m0, m1) of C, on the calling thread, skipping zero entries of op(A).
+ * Bit-identical to gemm.c's dense path with the same kernel family (avx512:
+ * its FMA kernels; else its portable C kernel), except where that path would
+ * multiply a zero of op(A) by an infinity or NaN of B (BLAS's reference SGEMM
+ * skips those products too) and in the sign of an exact-zero result. */
+void sparse_gemm_rows(const sparse_gemm_args *g, int64_t m0, int64_t m1,
+                      int avx512);
+
+/* Rows of C one thread's part starts at a multiple of (a feature block). */
+#define SPARSE_ROW_QUANTUM 16
+/* The path's defaults: the largest fraction of nonzeros in op(A) (changed
+ * by fnn_sgemm_set_sparse_density) and the fewest columns of C.  It broke
+ * even with the dense path at 30 % (128x1024 @ 1024x1024) to 40 % (128x784
+ * @ 784x128) nonzeros here, so below 25 % it should always win. */
+#define SPARSE_DEFAULT_MAX_DENSITY 0.25
+#define SPARSE_MIN_N 32
+/* Longest K block the path takes (its per-thread lists hold one). */
+#define SPARSE_KCB_MAX 384
+
+#endif
