@@ -473,7 +473,8 @@ def describe_modes(hows: Dict[str, str]) -> str:
     """How each contender's epoch was timed, in a few words."""
     if len(set(hows.values())) <= 1:
         return next(iter(hows.values()), "")
-    short = {"fastnn": "fnn", "torch": "torch", "torch_fused": "fused"}
+    short = {"fastnn": "fnn", "fastnn_dense": "fnn zero-skipping off", "torch": "torch",
+             "torch_fused": "fused"}
     return "; ".join(f"{short.get(k, k)}: {v}" for k, v in hows.items())
 
 
@@ -495,6 +496,37 @@ def bench_mlp(libs: Libs, threads: Threads, thread_counts: List[int], cfg: Setti
     return rows
 
 
+def _sparse_density(libs: Libs) -> Optional[float]:
+    """fastnn's threshold for skipping zeros of a GEMM's A (read, unchanged)."""
+    if libs.fastnn is None:
+        return None
+    value = libs.fastnn._C.sgemm_set_sparse_density(0.0)
+    libs.fastnn._C.sgemm_set_sparse_density(value)
+    return value
+
+
+def _fit_without_zero_skipping(libs: Libs, model: Any, x: np.ndarray, y: np.ndarray) -> None:
+    """fit with the GEMM's path for mostly-zero inputs turned off (MNIST's pixels
+    are 81 % zeros): what the same epoch costs on dense data."""
+    sparse = libs.fastnn._C.sgemm_set_sparse_density(0.0)
+    try:
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    finally:
+        libs.fastnn._C.sgemm_set_sparse_density(sparse)
+
+
+def _dense_note(row: Row) -> str:
+    """fastnn's epoch with zero-skipping off, and its ratios, for the note."""
+    dense = row.extra.get("fastnn_dense_s")
+    if dense is None:
+        return ""
+    ratios = [f"{row.times[name] / dense:.2f}x vs {short}"
+              for name, short in (("torch", "torch"), ("torch_fused", "fused"))
+              if row.times.get(name)]
+    return (f"; zero-skipping off: fnn {common.fmt_time(dense)}"
+            + (f" ({', '.join(ratios)})" if ratios else ""))
+
+
 def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.ndarray,
              y: np.ndarray, hidden: List[int], label: str, budget: float,
              steps: Optional[int], worker: Optional[TorchEpochs], t: int) -> Row:
@@ -508,6 +540,11 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
             if model is not None:
                 runs["fastnn"] = (lambda n, model=model: model.fit(
                     x[:n], y[:n], batch_size=BATCH, epochs=1, verbose=0))
+            dense = errors.run(f"{label} [fastnn dense, {t} thr]",
+                               lambda: fastnn_mlp(libs, hidden))
+            if dense is not None:
+                runs["fastnn_dense"] = (lambda n, model=dense: _fit_without_zero_skipping(
+                    libs, model, x[:n], y[:n]))
         if worker is not None:
             for name, fused in (("torch", False), ("torch_fused", True)):
                 runs[name] = (lambda n, fused=fused: worker.epoch(hidden, fused, t, n))
@@ -515,11 +552,14 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
                           f"{label}, {t} thr")
     hows = {}
     for name, (sec, how, raw) in res.items():
-        row.times[name] = sec
+        if name == "fastnn_dense":
+            row.extra["fastnn_dense_s"] = sec
+        else:
+            row.times[name] = sec
         hows[name] = how
         row.extra[f"{name}_samples_s"] = raw
     row.extra["measured_as"] = hows
-    row.note = describe_modes(hows)
+    row.note = describe_modes(hows) + _dense_note(row)
     print(common.table([row]).splitlines()[-1], flush=True)
     return row
 
@@ -995,6 +1035,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "torch_blas": common.torch_blas(libs.torch),
         "gcc": common.gcc_version(),
         "openblas_coretype_unset": _CORETYPE,
+        "fastnn_sparse_density": _sparse_density(libs),
     }
     print(f"fastnn benchmark suite  {meta['date']}  ({'quick' if args.quick else 'full'} run)")
     print(f"machine : {meta['cpu']}, {cpus} cores, {' '.join(meta['cpu_flags'])}; "
