@@ -992,8 +992,7 @@ static int run_sparse(int ksel, const gemm_args *g, int64_t M, int64_t N,
     const sparse_gemm_args s = {g->ta, M, N, g->K, k_block(g->K), g->alpha,
                                 g->beta, g->A, g->lda, g->B, g->ldb, g->C,
                                 g->ldc, g->bias, g->act};
-    const int64_t limit = (int64_t)(density * (double)M * (double)g->K);
-    if (sparse_count_nonzero(&s, limit, avx512) > limit)
+    if (sparse_density(&s, avx512) > density)
         return 0;
     const int64_t part = part_size(M, nt, SPARSE_ROW_QUANTUM);
     if (nt == 1 || part >= M) {

@@ -131,16 +131,25 @@ static void rows_plain(const sparse_gemm_args *g, int64_t m0, int64_t m1)
     }
 }
 
-static int64_t count_plain(const sparse_gemm_args *g, int64_t limit)
+/* Every stride-th stored row of A: rows of op(A) (forward) or of samples
+ * (op(A) = A^T), enough of them to estimate the fraction of nonzeros. */
+#define SAMPLED_ROWS 64
+static int64_t sample_stride(const sparse_gemm_args *g)
 {
-    int64_t n = 0;
+    const int64_t rows = g->ta ? g->K : g->M;
+    return (rows + SAMPLED_ROWS - 1) / SAMPLED_ROWS;
+}
+
+static double density_plain(const sparse_gemm_args *g)
+{
+    int64_t n = 0, seen = 0;
     const int64_t rows = g->ta ? g->K : g->M, cols = g->ta ? g->M : g->K;
-    for (int64_t r = 0; r < rows && n <= limit; r++) {
+    for (int64_t r = 0; r < rows; r += sample_stride(g), seen += cols) {
         const float *a = g->A + r * g->lda;
         for (int64_t c = 0; c < cols; c++)
             n += a[c] != 0.0f;
     }
-    return n;
+    return (double)n / (double)seen;
 }
 
 /* ---- AVX-512 ------------------------------------------------------------- */
@@ -330,31 +339,31 @@ static TGT_AVX512 void gemm512(const sparse_gemm_args *g, int64_t m0, int64_t m1
     }
 }
 
-static TGT_AVX512 int64_t count512(const sparse_gemm_args *g, int64_t limit)
+static TGT_AVX512 double density512(const sparse_gemm_args *g)
 {
-    int64_t n = 0;
+    int64_t n = 0, seen = 0;
     const int64_t rows = g->ta ? g->K : g->M, cols = g->ta ? g->M : g->K;
-    for (int64_t r = 0; r < rows && n <= limit; r++) {
+    for (int64_t r = 0; r < rows; r += sample_stride(g), seen += cols) {
         const float *a = g->A + r * g->lda;
         for (int64_t c = 0; c < cols; c += 16) {
             const __mmask16 m = lanes(cols - c);
             n += __builtin_popcount(nonzero(m, _mm512_maskz_loadu_ps(m, a + c)));
         }
     }
-    return n;
+    return (double)n / (double)seen;
 }
 #endif /* FNN_X86 */
 
 /* ---- entry points -------------------------------------------------------- */
 
-int64_t sparse_count_nonzero(const sparse_gemm_args *g, int64_t limit, int avx512)
+double sparse_density(const sparse_gemm_args *g, int avx512)
 {
 #if FNN_X86
     if (avx512)
-        return count512(g, limit);
+        return density512(g);
 #endif
     (void)avx512;
-    return count_plain(g, limit);
+    return density_plain(g);
 }
 
 void sparse_gemm_rows(const sparse_gemm_args *g, int64_t m0, int64_t m1,

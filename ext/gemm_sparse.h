@@ -22,11 +22,11 @@ typedef struct {
     int act;                 /* elementwise fnn_activation                     */
 } sparse_gemm_args;
 
-/* The number of nonzero (or NaN) entries of op(A), counted in a fixed order
- * and stopped as soon as it exceeds limit (then some value > limit).
- * avx512: use AVX-512 instructions (the caller checked the CPU). */
-int64_t sparse_count_nonzero(const sparse_gemm_args *g, int64_t limit,
-                             int avx512);
+/* The fraction of nonzero (or NaN) entries of op(A), estimated from at most
+ * 64 evenly spaced stored rows of A (the choice it informs never changes
+ * the result).  avx512: use AVX-512 instructions (the caller checked the
+ * CPU). */
+double sparse_density(const sparse_gemm_args *g, int avx512);
 
 /* Rows [m0, m1) of C, on the calling thread, skipping zero entries of op(A).
  * Bit-identical to gemm.c's dense path with the same kernel family (avx512:
