@@ -1,7 +1,7 @@
 """Where a training step's time goes: kernels, framework Python, or neither.
 
     python bench/profile_step.py [--model seed|wide|tiny|all] [--threads N] [--steps K]
-                                  [--zeros F]
+                                  [--zeros F | --data MNIST_DIR]
 
 For each model it reports, per training step:
 
@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 os.environ.pop("OPENBLAS_CORETYPE", None)
 
@@ -67,11 +67,19 @@ def build(name: str) -> Any:
     return model
 
 
-def data(name: str, steps: int, zeros: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Uniform [0, 1) inputs with the fraction `zeros` of them set to 0."""
+def data(name: str, steps: int, zeros: float, mnist: Optional[str]
+         ) -> Tuple[np.ndarray, np.ndarray]:
+    """MNIST's first training images when `mnist` names their directory and
+    the model takes 28x28 images; else uniform [0, 1) inputs with the
+    fraction `zeros` of them set to 0."""
     shape, _, bs = MODELS[name]
     rng = np.random.default_rng(0)
     n = steps * bs
+    if mnist and shape == (28, 28):
+        from fastnn.datasets import mnist as mnist_files
+        (x_train, y_train), _ = mnist_files.load_data(mnist)
+        return (x_train[:n].astype(np.float32) / np.float32(255.0),
+                y_train[:n].astype(np.int32))
     x = rng.random((n,) + shape, dtype=np.float32)
     x[x < zeros] = 0.0
     return x, rng.integers(0, 10, n).astype(np.int32)
@@ -239,15 +247,18 @@ def main() -> int:
     ap.add_argument("--zeros", type=float, default=0.0,
                     help="fraction of input values set to 0 (MNIST's pixels: 0.81); "
                          "the GEMM skips them when at most a quarter are nonzero")
+    ap.add_argument("--data", default=None,
+                    help="MNIST directory: the seed and wide models train on its images")
     args = ap.parse_args()
     fastnn.set_num_threads(args.threads)
     names = list(MODELS) if args.model == "all" else [args.model]
-    print(f"fastnn {fastnn.__version__}, {args.threads} thread(s), "
-          f"{args.zeros:.0%} of the inputs zero")
+    inputs = (f"MNIST from {args.data}" if args.data
+              else f"random inputs, {args.zeros:.0%} of them zero")
+    print(f"fastnn {fastnn.__version__}, {args.threads} thread(s), {inputs}")
     for name in names:
         steps = args.steps or {"seed": 200, "wide": 30, "tiny": 2000}[name]
         bs = MODELS[name][2]
-        x, y = data(name, steps, args.zeros)
+        x, y = data(name, steps, args.zeros, args.data)
         model = build(name)
         fit_s = fit_per_step(model, x, y, bs, repeat=3)
         floor_s, per_op = floor_per_step(name, x, y, steps)
