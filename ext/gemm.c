@@ -654,43 +654,57 @@ int fnn_sgemm_get_kernel(void)
 
 /* ---- per-thread packing buffers ----------------------------------------- */
 
-/* Each OS thread (OpenMP workers and any caller thread) owns one buffer,
- * allocated on first use at the size every kernel fits in and freed by a
- * thread-exit destructor. */
+/* Each OS thread (OpenMP workers and any caller thread) owns its scratch,
+ * allocated on first use and freed by a thread-exit destructor: the dense
+ * path's packing buffers, sized for every kernel, and the sparse path's
+ * lists. */
 #define BUF_A ((int64_t)MC * KC)
 #define BUF_B ((int64_t)NC * KC)
 #define BUF_EDGE_A ((int64_t)MR_MAX * KC)
 #define BUF_EDGE_B ((int64_t)KC * NR_MAX)
 #define BUF_FLOATS (BUF_A + BUF_B + BUF_EDGE_A + BUF_EDGE_B)
 
-static pthread_key_t buf_key;
-static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
-static int buf_key_ok = 0;
-static __thread float *tl_buf = NULL;
+enum { SCRATCH_PACKING, SCRATCH_SPARSE, SCRATCH_KINDS };
 
-static void buf_free(void *p) { free(p); }
+static pthread_key_t scratch_key[SCRATCH_KINDS];
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_keys_ok = 0;
+static __thread void *tl_scratch[SCRATCH_KINDS];
 
-static void buf_key_init(void)
+static void scratch_free(void *p) { free(p); }
+
+static void scratch_keys_init(void)
 {
-    buf_key_ok = pthread_key_create(&buf_key, buf_free) == 0;
+    scratch_keys_ok = 1;
+    for (int i = 0; i < SCRATCH_KINDS; i++)
+        if (pthread_key_create(&scratch_key[i], scratch_free) != 0)
+            scratch_keys_ok = 0;
+}
+
+/* This thread's scratch of one kind (always asked for with the same size),
+ * 64-byte aligned, or NULL if it cannot be allocated. */
+static void *thread_scratch(int kind, size_t bytes)
+{
+    if (tl_scratch[kind] == NULL) {
+        void *p = NULL;
+        (void)pthread_once(&scratch_once, scratch_keys_init);
+        if (!scratch_keys_ok)
+            return NULL;
+        if (posix_memalign(&p, 64, bytes) != 0)
+            return NULL;
+        if (pthread_setspecific(scratch_key[kind], p) != 0) {
+            free(p);
+            return NULL;
+        }
+        tl_scratch[kind] = p;
+    }
+    return tl_scratch[kind];
 }
 
 static float *thread_buffer(void)
 {
-    if (tl_buf == NULL) {
-        void *p = NULL;
-        (void)pthread_once(&buf_once, buf_key_init);
-        if (!buf_key_ok)
-            return NULL;
-        if (posix_memalign(&p, 64, (size_t)BUF_FLOATS * sizeof(float)) != 0)
-            return NULL;
-        if (pthread_setspecific(buf_key, p) != 0) {
-            free(p);
-            return NULL;
-        }
-        tl_buf = (float *)p;
-    }
-    return tl_buf;
+    return (float *)thread_scratch(SCRATCH_PACKING,
+                                   (size_t)BUF_FLOATS * sizeof(float));
 }
 
 /* ---- serial blocked GEMM on one rectangle of C -------------------------- */
@@ -976,12 +990,26 @@ double fnn_sgemm_set_sparse_density(double max_density)
     return old;
 }
 
+/* Rows [m0, m1) of C on the sparse path; on the dense path if its scratch
+ * could not be had (same bits). */
+static void sparse_rows_or_dense(const kernel_desc *kd, const gemm_args *g,
+                                 const sparse_gemm_args *s, int64_t m0,
+                                 int64_t m1, int64_t N, int avx512)
+{
+    const size_t bytes = sparse_work_bytes();
+    void *work = bytes > 0 ? thread_scratch(SCRATCH_SPARSE, bytes) : NULL;
+    if (bytes == 0 || work != NULL)
+        sparse_gemm_rows(s, m0, m1, avx512, work);
+    else
+        run_rect(kd, g, m0, m1, 0, N);
+}
+
 /* Runs the product on the sparse-A path and returns 1 when it applies: B not
  * transposed, a kernel family the path has, at least SPARSE_MIN_N columns (so
  * each nonzero feeds whole vectors), and few enough nonzeros in op(A).  The
  * choice never changes the result (see gemm_sparse.h), only the time. */
-static int run_sparse(int ksel, const gemm_args *g, int64_t M, int64_t N,
-                      int nt)
+static int run_sparse(const kernel_desc *kd, int ksel, const gemm_args *g,
+                      int64_t M, int64_t N, int nt)
 {
     const double density = sparse_max_density;
     if (g->tb || density <= 0.0 || N < SPARSE_MIN_N ||
@@ -996,7 +1024,7 @@ static int run_sparse(int ksel, const gemm_args *g, int64_t M, int64_t N,
         return 0;
     const int64_t part = part_size(M, nt, SPARSE_ROW_QUANTUM);
     if (nt == 1 || part >= M) {
-        sparse_gemm_rows(&s, 0, M, avx512);
+        sparse_rows_or_dense(kd, g, &s, 0, M, N, avx512);
         return 1;
     }
 #pragma omp parallel num_threads(nt)
@@ -1009,7 +1037,7 @@ static int run_sparse(int ksel, const gemm_args *g, int64_t M, int64_t N,
         for (int r = t; r < nt; r += step) {
             const int64_t m0 = r * part, m1 = m0 + part < M ? m0 + part : M;
             if (m0 < m1)
-                sparse_gemm_rows(&s, m0, m1, avx512);
+                sparse_rows_or_dense(kd, g, &s, m0, m1, N, avx512);
         }
     }
     return 1;
@@ -1039,7 +1067,7 @@ void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
 #endif
     if (M * N * K < PAR_MIN_WORK)
         nt = 1;
-    if (run_sparse(ksel, &g, M, N, nt))
+    if (run_sparse(kd, ksel, &g, M, N, nt))
         return;
     int tm = 1, tn = 1;
     if (nt > 1)

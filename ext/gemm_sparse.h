@@ -4,6 +4,7 @@
 #ifndef FASTNN_GEMM_SPARSE_H
 #define FASTNN_GEMM_SPARSE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* One product C[M,N] = alpha * op(A)[M,K] @ B[K,N] + beta * C (B never
@@ -34,7 +35,11 @@ double sparse_density(const sparse_gemm_args *g, int avx512);
  * multiply a zero of op(A) by an infinity or NaN of B (BLAS's reference SGEMM
  * skips those products too) and in the sign of an exact-zero result. */
 void sparse_gemm_rows(const sparse_gemm_args *g, int64_t m0, int64_t m1,
-                      int avx512);
+                      int avx512, void *work);
+
+/* Bytes of 64-byte-aligned scratch `work` sparse_gemm_rows needs (0: none,
+ * work may be NULL); the caller's thread owns it for the call. */
+size_t sparse_work_bytes(void);
 
 /* Rows of C one thread's part starts at a multiple of (a feature block). */
 #define SPARSE_ROW_QUANTUM 16
