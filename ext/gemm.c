@@ -709,19 +709,6 @@ static float *thread_buffer(void)
 
 /* ---- serial blocked GEMM on one rectangle of C -------------------------- */
 
-typedef struct {
-    int ta, tb;
-    int64_t K;
-    float alpha, beta;
-    const float *A;
-    int64_t lda;
-    const float *B;
-    int64_t ldb;
-    float *C;
-    int64_t ldc;
-    const float *bias;  /* epilogue: C = act(C + bias[col]) once a tile is final */
-    int act;            /* FNN_ACT_LINEAR with bias NULL: no epilogue           */
-} gemm_args;
 
 static inline int has_epilogue(const gemm_args *g)
 {
@@ -790,7 +777,7 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1, float *buf)
 {
     const int MR = kd->mr, NR = kd->nr;
-    const int64_t K = g->K, kcb = k_block(K);
+    const int64_t K = g->K, kcb = g->kcb;
     const int pack_a =
         n1 - n0 > DIRECT_A_MAX_N || (!g->ta && kd->ukr_row[1] == NULL);
     const int pack_b = packs_b(kd, g, m1 - m0, n1 - n0);
@@ -993,54 +980,72 @@ double fnn_sgemm_set_sparse_density(double max_density)
 /* Rows [m0, m1) of C on the sparse path; on the dense path if its scratch
  * could not be had (same bits). */
 static void sparse_rows_or_dense(const kernel_desc *kd, const gemm_args *g,
-                                 const sparse_gemm_args *s, int64_t m0,
-                                 int64_t m1, int64_t N, int avx512)
+                                 int64_t m0, int64_t m1, int avx512)
 {
     const size_t bytes = sparse_work_bytes();
     void *work = bytes > 0 ? thread_scratch(SCRATCH_SPARSE, bytes) : NULL;
     if (bytes == 0 || work != NULL)
-        sparse_gemm_rows(s, m0, m1, avx512, work);
+        sparse_gemm_rows(g, m0, m1, avx512, work);
     else
-        run_rect(kd, g, m0, m1, 0, N);
+        run_rect(kd, g, m0, m1, 0, g->N);
 }
 
-/* Runs the product on the sparse-A path and returns 1 when it applies: B not
- * transposed, a kernel family the path has, at least SPARSE_MIN_N columns (so
- * each nonzero feeds whole vectors), and few enough nonzeros in op(A).  The
- * choice never changes the result (see gemm_sparse.h), only the time. */
-static int run_sparse(const kernel_desc *kd, int ksel, const gemm_args *g,
-                      int64_t M, int64_t N, int nt)
+/* Whether the product takes the sparse-A path: B not transposed, a kernel
+ * family the path has, at least SPARSE_MIN_N columns (so each nonzero feeds
+ * whole vectors), and few enough nonzeros in op(A).  The choice never
+ * changes the result (see gemm_sparse.h), only the time. */
+static int takes_sparse_path(int ksel, const gemm_args *g)
 {
     const double density = sparse_max_density;
-    if (g->tb || density <= 0.0 || N < SPARSE_MIN_N ||
+    if (g->tb || density <= 0.0 || g->N < SPARSE_MIN_N ||
         (ksel != KSEL_AVX512 && ksel != KSEL_GENERIC) ||
-        k_block(g->K) > SPARSE_KCB_MAX || M * N * g->K < PAR_MIN_WORK)
+        g->kcb > SPARSE_KCB_MAX || g->M * g->N * g->K < PAR_MIN_WORK)
         return 0;
-    const int avx512 = ksel == KSEL_AVX512;
-    const sparse_gemm_args s = {g->ta, M, N, g->K, k_block(g->K), g->alpha,
-                                g->beta, g->A, g->lda, g->B, g->ldb, g->C,
-                                g->ldc, g->bias, g->act};
-    if (sparse_density(&s, avx512) > density)
-        return 0;
-    const int64_t part = part_size(M, nt, SPARSE_ROW_QUANTUM);
-    if (nt == 1 || part >= M) {
-        sparse_rows_or_dense(kd, g, &s, 0, M, N, avx512);
-        return 1;
+    return sparse_density(g, ksel == KSEL_AVX512) <= density;
+}
+
+/* A product cut into a tm x tn grid of rectangles of mblk x nblk, one per
+ * thread; each runs the dense blocked GEMM or, if sparse, the sparse path
+ * on its rows (tn == 1 then). */
+typedef struct {
+    const kernel_desc *kd;
+    const gemm_args *g;
+    int tn;
+    int64_t mblk, nblk;
+    int sparse, avx512;
+} gemm_split;
+
+static void run_part(const gemm_split *s, int r)
+{
+    const gemm_args *g = s->g;
+    const int64_t m0 = (r / s->tn) * s->mblk, n0 = (r % s->tn) * s->nblk;
+    const int64_t m1 = m0 + s->mblk < g->M ? m0 + s->mblk : g->M;
+    const int64_t n1 = n0 + s->nblk < g->N ? n0 + s->nblk : g->N;
+    if (m0 >= m1 || n0 >= n1)
+        return;
+    if (s->sparse)
+        sparse_rows_or_dense(s->kd, g, m0, m1, s->avx512);
+    else
+        run_rect(s->kd, g, m0, m1, n0, n1);
+}
+
+static void run_split(const gemm_split *s, int parts)
+{
+    if (parts == 1) {
+        run_part(s, 0);
+        return;
     }
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(parts)
     {
 #ifdef _OPENMP
         const int t = omp_get_thread_num(), step = omp_get_num_threads();
 #else
         const int t = 0, step = 1;
 #endif
-        for (int r = t; r < nt; r += step) {
-            const int64_t m0 = r * part, m1 = m0 + part < M ? m0 + part : M;
-            if (m0 < m1)
-                sparse_rows_or_dense(kd, g, &s, m0, m1, N, avx512);
-        }
+        /* A loop in case the runtime granted fewer threads than asked. */
+        for (int r = t; r < parts; r += step)
+            run_part(s, r);
     }
-    return 1;
 }
 
 void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
@@ -1050,8 +1055,10 @@ void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
 {
     if (M <= 0 || N <= 0)
         return;
-    const gemm_args g = {trans_a != 0, trans_b != 0, K, alpha, beta,
-                         A, lda, B, ldb, C, ldc, bias, act};
+    const gemm_args g = {.ta = trans_a != 0, .tb = trans_b != 0, .M = M, .N = N,
+                         .K = K, .kcb = K > 0 ? k_block(K) : 0, .alpha = alpha,
+                         .beta = beta, .A = A, .lda = lda, .B = B, .ldb = ldb,
+                         .C = C, .ldc = ldc, .bias = bias, .act = act};
     if (K <= 0 || alpha == 0.0f) {
         scale_c(M, N, beta, C, ldc);
         epilogue(&g, 0, 0, M, N);
@@ -1067,34 +1074,20 @@ void fnn_sgemm_bias_act(int trans_a, int trans_b, int64_t M, int64_t N,
 #endif
     if (M * N * K < PAR_MIN_WORK)
         nt = 1;
-    if (run_sparse(kd, ksel, &g, M, N, nt))
+    gemm_split split = {kd, &g, 1, M, N, 0, ksel == KSEL_AVX512};
+    if (takes_sparse_path(ksel, &g)) {
+        split.sparse = 1;
+        split.mblk = part_size(M, nt, SPARSE_ROW_QUANTUM);
+        run_split(&split, (int)ceil_div(M, split.mblk));
         return;
+    }
     int tm = 1, tn = 1;
     if (nt > 1)
         pick_grid(kd, nt, M, N, K, &tm, &tn);
-    nt = tm * tn;
-    if (nt == 1) {
-        run_rect(kd, &g, 0, M, 0, N);
-        return;
-    }
-    const int64_t mblk = part_size(M, tm, kd->qm);
-    const int64_t nblk = part_size(N, tn, kd->qn);
-#pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), step = omp_get_num_threads();
-#else
-        const int t = 0, step = 1;
-#endif
-        /* A loop in case the runtime granted fewer threads than asked. */
-        for (int r = t; r < nt; r += step) {
-            const int64_t m0 = (r / tn) * mblk, n0 = (r % tn) * nblk;
-            const int64_t m1 = m0 + mblk < M ? m0 + mblk : M;
-            const int64_t n1 = n0 + nblk < N ? n0 + nblk : N;
-            if (m0 < m1 && n0 < n1)
-                run_rect(kd, &g, m0, m1, n0, n1);
-        }
-    }
+    split.tn = tn;
+    split.mblk = part_size(M, tm, kd->qm);
+    split.nblk = part_size(N, tn, kd->qn);
+    run_split(&split, tm * tn);
 }
 
 void fnn_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,

@@ -57,7 +57,7 @@ typedef int32_t k_list[SPARSE_KCB_MAX + 16];
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* The dense path's epilogue, on one row segment of C once it is final. */
-static void epilogue_row(const sparse_gemm_args *g, int64_t i, int64_t j0,
+static void epilogue_row(const gemm_args *g, int64_t i, int64_t j0,
                          int64_t cols)
 {
     if (g->bias != NULL || g->act != FNN_ACT_LINEAR)
@@ -83,7 +83,7 @@ static void store_plain(float *c, const float *acc, int64_t n, float alpha,
 /* c[i, jb:jb+nb] from row i's list; a[k * sa] is op(A)[i, k].  Separate
  * multiply and add like the portable kernel (ISO C mode keeps the compiler
  * from contracting them into an FMA). */
-static void row_plain(const sparse_gemm_args *g, int32_t n, const int32_t *ks,
+static void row_plain(const gemm_args *g, int32_t n, const int32_t *ks,
                       const float *a, int64_t sa, int64_t i, int64_t jb,
                       int64_t nb, float beta)
 {
@@ -112,7 +112,7 @@ static int32_t list_plain(const float *a, int64_t sa, int64_t k0, int64_t k1,
 }
 
 /* Rows [m0, m1) of C; row i of op(A) is a[k * sa] from a_row(i). */
-static void rows_plain(const sparse_gemm_args *g, int64_t m0, int64_t m1)
+static void rows_plain(const gemm_args *g, int64_t m0, int64_t m1)
 {
     k_list ks;
     const int64_t sa = g->ta ? g->lda : 1;
@@ -134,13 +134,13 @@ static void rows_plain(const sparse_gemm_args *g, int64_t m0, int64_t m1)
 /* Every stride-th stored row of A: rows of op(A) (forward) or of samples
  * (op(A) = A^T), enough of them to estimate the fraction of nonzeros. */
 #define SAMPLED_ROWS 64
-static int64_t sample_stride(const sparse_gemm_args *g)
+static int64_t sample_stride(const gemm_args *g)
 {
     const int64_t rows = g->ta ? g->K : g->M;
     return (rows + SAMPLED_ROWS - 1) / SAMPLED_ROWS;
 }
 
-static double density_plain(const sparse_gemm_args *g)
+static double density_plain(const gemm_args *g)
 {
     int64_t n = 0, seen = 0;
     const int64_t rows = g->ta ? g->K : g->M, cols = g->ta ? g->M : g->K;
@@ -209,7 +209,7 @@ typedef struct {
  * alpha * acc + beta * C with the AVX-512 tile kernel's arithmetic (its
  * beta == 1 case multiplies C by 1: exact).  16 (NV-1) < nb <= 16 NV. */
 static TGT_AVX512 ALWAYS_INLINE void chunk512(const int NV,
-                                              const sparse_gemm_args *g,
+                                              const gemm_args *g,
                                               row_group *w, int r, int32_t e0,
                                               int32_t e1, int64_t i, int64_t jb,
                                               int64_t nb, int first, int last_chunk,
@@ -256,7 +256,7 @@ static TGT_AVX512 ALWAYS_INLINE void chunk512(const int NV,
 /* The group's rows m0 + r of C over the K block [pc, kend), whose lists are
  * built: slice by slice of C's columns, then chunk by chunk of K, so each
  * chunk's kc x nb block of B is read from L1 by every row of the group. */
-static TGT_AVX512 void group512(const sparse_gemm_args *g, row_group *w,
+static TGT_AVX512 void group512(const gemm_args *g, row_group *w,
                                 int64_t m0, int64_t pc, int64_t kend)
 {
     const int32_t chunks = (int32_t)((kend - pc + K_CHUNK - 1) / K_CHUNK);
@@ -306,7 +306,7 @@ static TGT_AVX512 void lists_rows512(row_group *w, int64_t pc, int64_t kend)
 /* op(A) = A^T: rows mb + r are columns of A; one vector of A per k gives a
  * 16-bit mask of the rows it feeds, and testing bit r of 16 masks at once
  * gives row r's next 16 entries. */
-static TGT_AVX512 void lists_cols512(const sparse_gemm_args *g, row_group *w,
+static TGT_AVX512 void lists_cols512(const gemm_args *g, row_group *w,
                                      int64_t mb, int64_t pc, int64_t kend)
 {
     int32_t masks[SPARSE_KCB_MAX + 16];
@@ -333,7 +333,7 @@ static TGT_AVX512 void lists_cols512(const sparse_gemm_args *g, row_group *w,
     }
 }
 
-static TGT_AVX512 void gemm512(const sparse_gemm_args *g, int64_t m0, int64_t m1,
+static TGT_AVX512 void gemm512(const gemm_args *g, int64_t m0, int64_t m1,
                                row_group *w)
 {
     w->sa = g->ta ? g->lda : 1;
@@ -352,7 +352,7 @@ static TGT_AVX512 void gemm512(const sparse_gemm_args *g, int64_t m0, int64_t m1
     }
 }
 
-static TGT_AVX512 double density512(const sparse_gemm_args *g)
+static TGT_AVX512 double density512(const gemm_args *g)
 {
     int64_t n = 0, seen = 0;
     const int64_t rows = g->ta ? g->K : g->M, cols = g->ta ? g->M : g->K;
@@ -369,7 +369,7 @@ static TGT_AVX512 double density512(const sparse_gemm_args *g)
 
 /* ---- entry points -------------------------------------------------------- */
 
-double sparse_density(const sparse_gemm_args *g, int avx512)
+double sparse_density(const gemm_args *g, int avx512)
 {
 #if FNN_X86
     if (avx512)
@@ -388,7 +388,7 @@ size_t sparse_work_bytes(void)
 #endif
 }
 
-void sparse_gemm_rows(const sparse_gemm_args *g, int64_t m0, int64_t m1,
+void sparse_gemm_rows(const gemm_args *g, int64_t m0, int64_t m1,
                       int avx512, void *work)
 {
 #if FNN_X86

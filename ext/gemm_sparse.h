@@ -1,16 +1,17 @@
-/* Internal to the SGEMM (gemm.c, gemm_sparse.c): the path that skips the zero
- * entries of op(A), for inputs that are mostly zeros (MNIST's pixels are 81 %
- * zeros).  Not part of the public kernel API in fastnn.h. */
+/* Internal to the SGEMM (gemm.c, gemm_sparse.c), not part of the public
+ * kernel API in fastnn.h: the description of one product that both paths
+ * share, and the path that skips the zero entries of op(A), for inputs that
+ * are mostly zeros (MNIST's pixels are 81 % zeros). */
 #ifndef FASTNN_GEMM_SPARSE_H
 #define FASTNN_GEMM_SPARSE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* One product C[M,N] = alpha * op(A)[M,K] @ B[K,N] + beta * C (B never
- * transposed), with gemm.c's epilogue, K blocks of kcb and store arithmetic. */
+/* One product C[M,N] = act(alpha * op(A)[M,K] @ op(B)[K,N] + beta * C + bias)
+ * as both paths see it; K is done in blocks of kcb (a function of K alone). */
 typedef struct {
-    int ta;                  /* op(A)[i,k] = A[k*lda + i] if ta, else A[i*lda + k] */
+    int ta, tb;         /* op(A)[i,k] = A[k*lda + i] if ta, else A[i*lda + k] */
     int64_t M, N, K, kcb;
     float alpha, beta;
     const float *A;
@@ -19,22 +20,22 @@ typedef struct {
     int64_t ldb;
     float *C;
     int64_t ldc;
-    const float *bias;       /* NULL, or N floats added before act             */
-    int act;                 /* elementwise fnn_activation                     */
-} sparse_gemm_args;
+    const float *bias;  /* epilogue: C = act(C + bias[col]) once a tile is final */
+    int act;            /* FNN_ACT_LINEAR with bias NULL: no epilogue           */
+} gemm_args;
 
 /* The fraction of nonzero (or NaN) entries of op(A), estimated from at most
  * 64 evenly spaced stored rows of A (the choice it informs never changes
  * the result).  avx512: use AVX-512 instructions (the caller checked the
  * CPU). */
-double sparse_density(const sparse_gemm_args *g, int avx512);
+double sparse_density(const gemm_args *g, int avx512);
 
 /* Rows [m0, m1) of C, on the calling thread, skipping zero entries of op(A).
  * Bit-identical to gemm.c's dense path with the same kernel family (avx512:
  * its FMA kernels; else its portable C kernel), except where that path would
  * multiply a zero of op(A) by an infinity or NaN of B (BLAS's reference SGEMM
  * skips those products too) and in the sign of an exact-zero result. */
-void sparse_gemm_rows(const sparse_gemm_args *g, int64_t m0, int64_t m1,
+void sparse_gemm_rows(const gemm_args *g, int64_t m0, int64_t m1,
                       int avx512, void *work);
 
 /* Bytes of 64-byte-aligned scratch `work` sparse_gemm_rows needs (0: none,
