@@ -652,7 +652,7 @@ int fnn_sgemm_get_kernel(void)
     return f != KSEL_AUTO ? f : best_kernel();
 }
 
-/* ---- per-thread packing buffers ----------------------------------------- */
+/* ---- per-thread scratch ------------------------------------------------- */
 
 /* Each OS thread (OpenMP workers and any caller thread) owns its scratch,
  * allocated on first use and freed by a thread-exit destructor: the dense
@@ -708,7 +708,6 @@ static float *thread_buffer(void)
 }
 
 /* ---- serial blocked GEMM on one rectangle of C -------------------------- */
-
 
 static inline int has_epilogue(const gemm_args *g)
 {
