@@ -998,7 +998,8 @@ static int takes_sparse_path(int ksel, const gemm_args *g)
     const double density = sparse_max_density;
     if (g->tb || density <= 0.0 || g->N < SPARSE_MIN_N ||
         (ksel != KSEL_AVX512 && ksel != KSEL_GENERIC) ||
-        g->kcb > SPARSE_KCB_MAX || g->M * g->N * g->K < PAR_MIN_WORK)
+        g->kcb > SPARSE_KCB_MAX || g->K > INT32_MAX ||  /* lists hold int32 k */
+        g->M * g->N * g->K < PAR_MIN_WORK)
         return 0;
     return sparse_density(g, ksel == KSEL_AVX512) <= density;
 }
