@@ -132,9 +132,21 @@ def abort(code: int = 1, message: Optional[str] = None) -> None:
     """
     MPI = _mpi()
     if message:
-        sys.stderr.write(f"fastnn.distributed: rank {MPI.COMM_WORLD.Get_rank()}: {message}\n")
-        sys.stderr.flush()
+        _tell(f"fastnn.distributed: rank {MPI.COMM_WORLD.Get_rank()}: {message}\n")
     MPI.COMM_WORLD.Abort(int(code))
+
+
+# MPI_Abort tears the whole job down at once, while mpiexec forwards each rank's
+# stderr through a pipe: in about one run in five the message that said why was
+# lost (MPICH's launcher, two ranks on this machine). A moment's pause lets it through.
+_ABORT_GRACE_S = 0.5
+
+
+def _tell(message: str) -> None:
+    """Writes message to stderr and gives the launcher time to forward it."""
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    time.sleep(_ABORT_GRACE_S)
 
 
 def replica(bucket_mb: Optional[float] = None) -> "MPIReplica":
@@ -593,11 +605,9 @@ class MPIReplica:
             pending = [r for r in pending if not r.Test()]
             if pending:
                 if time.monotonic() > deadline:
-                    sys.stderr.write(
-                        f"fastnn.distributed: rank {self.rank} waited more than "
-                        f"{self.timeout:g} s for {what}; another rank has probably died. "
-                        "Aborting the job.\n")
-                    sys.stderr.flush()
+                    _tell(f"fastnn.distributed: rank {self.rank} waited more than "
+                          f"{self.timeout:g} s for {what}; another rank has probably "
+                          "died. Aborting the job.\n")
                     self._coll.abort(1)
                     raise RuntimeError(f"rank {self.rank}: {what} timed out")
                 time.sleep(0.0005)
