@@ -145,7 +145,8 @@ static double density_plain(const gemm_args *g)
 {
     int64_t n = 0, seen = 0;
     const int64_t rows = g->ta ? g->K : g->M, cols = g->ta ? g->M : g->K;
-    for (int64_t r = 0; r < rows; r += sample_stride(g), seen += cols) {
+    const int64_t stride = sample_stride(g);
+    for (int64_t r = 0; r < rows; r += stride, seen += cols) {
         const float *a = g->A + r * g->lda;
         for (int64_t c = 0; c < cols; c++)
             n += a[c] != 0.0f;
@@ -256,7 +257,8 @@ static TGT_AVX512 ALWAYS_INLINE void chunk512(const int NV,
 
 /* The group's rows m0 + r of C over the K block [pc, kend), whose lists are
  * built: slice by slice of C's columns, then chunk by chunk of K, so each
- * chunk's kc x nb block of B is read from L1 by every row of the group. */
+ * chunk's block of B is fetched once for the group and reused, from cache,
+ * by all its rows. */
 static TGT_AVX512 void group512(const gemm_args *g, row_group *w,
                                 int64_t m0, int64_t pc, int64_t kend)
 {
@@ -357,7 +359,8 @@ static TGT_AVX512 double density512(const gemm_args *g)
 {
     int64_t n = 0, seen = 0;
     const int64_t rows = g->ta ? g->K : g->M, cols = g->ta ? g->M : g->K;
-    for (int64_t r = 0; r < rows; r += sample_stride(g), seen += cols) {
+    const int64_t stride = sample_stride(g);
+    for (int64_t r = 0; r < rows; r += stride, seen += cols) {
         const float *a = g->A + r * g->lda;
         for (int64_t c = 0; c < cols; c += 16) {
             const __mmask16 m = lanes(cols - c);
