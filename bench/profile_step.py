@@ -104,10 +104,11 @@ def floor_per_step(name: str, x: np.ndarray, y: np.ndarray, steps: int
     widths = [int(np.prod(shape))] + hidden + [10]
     rng = np.random.default_rng(1)
     n_params = sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1))
-    p = (rng.standard_normal(n_params, dtype=np.float32) * 0.05)
-    g = np.zeros(n_params, np.float32)
-    m = np.zeros(n_params, np.float32)
-    v = np.zeros(n_params, np.float32)
+    # The backend's allocator, as fit uses it (its arrays start on a cache line).
+    p = be.asarray(rng.standard_normal(n_params, dtype=np.float32) * 0.05)
+    g = be.zeros((n_params,))
+    m = be.zeros((n_params,))
+    v = be.zeros((n_params,))
     ws, bs_, dws, dbs = [], [], [], []
     off = 0
     for i in range(len(widths) - 1):
@@ -119,11 +120,11 @@ def floor_per_step(name: str, x: np.ndarray, y: np.ndarray, steps: int
         dbs.append(g[off:off + n])
         off += n
     xf = x.reshape(len(x), -1)
-    xb = np.empty((bs, widths[0]), np.float32)
-    yb = np.empty(bs, np.int32)
-    acts = [np.empty((bs, w), np.float32) for w in widths[1:]]
-    dacts = [np.empty((bs, w), np.float32) for w in widths[1:]]
-    probs = np.empty((bs, 10), np.float32)
+    xb = be.empty((bs, widths[0]))
+    yb = be.empty((bs,), "int32")
+    acts = [be.empty((bs, w)) for w in widths[1:]]
+    dacts = [be.empty((bs, w)) for w in widths[1:]]
+    probs = be.empty((bs, 10))
     acc = np.zeros(1, np.float64)
     spent: Dict[str, float] = {}
 
