@@ -22,21 +22,31 @@ _ACT_CODES: Dict[str, int] = {name: _C.ACTIVATION_CODES[name] for name in ACTIVA
 _MAX_SCRATCH_SHAPES = 16
 
 
-# Start of every array the backend allocates: a cache line.  NumPy hands large
-# arrays out 16 bytes past a page boundary, so every 64-byte vector load from
-# them straddles two lines; the GEMM's sparse path reads a 1024-wide weight in
-# place and took about 25 % longer that way.
+# Start of every array the backend allocates from ALIGNED_MIN_BYTES up: a
+# cache line.  NumPy hands large arrays out 16 bytes past a page boundary, so
+# every 64-byte vector load from them straddles two lines; the GEMM's sparse
+# path reads a 1024-wide weight in place and took about 25 % longer that way.
+# Smaller arrays come straight from NumPy: a few lines are cached either way,
+# and the extra steps cost train_on_batch, which allocates its two
+# accumulators per call, about 7 us.
 _ALIGN = 64
+ALIGNED_MIN_BYTES = 4096
 
 
-def _aligned_empty(shape: Sequence[int], dtype: Any = "float32") -> np.ndarray:
-    """np.empty(shape, dtype) starting on a ``_ALIGN``-byte boundary."""
+def _aligned_array(shape: Sequence[int], dtype: Any, zeroed: bool) -> np.ndarray:
+    """np.empty or np.zeros(shape, dtype), starting on an ``_ALIGN``-byte
+    boundary when it takes at least ``ALIGNED_MIN_BYTES``."""
     dt = np.dtype(dtype)
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(shape)
     nbytes = math.prod(shape) * dt.itemsize
+    if nbytes < ALIGNED_MIN_BYTES:
+        return np.zeros(shape, dtype=dt) if zeroed else np.empty(shape, dtype=dt)
     raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
     start = -raw.ctypes.data % _ALIGN
-    return raw[start:start + nbytes].view(dt).reshape(shape)
+    out = raw[start:start + nbytes].view(dt).reshape(shape)
+    if zeroed:
+        out.fill(0)
+    return out
 
 
 def _act_code(act: str) -> int:
@@ -82,18 +92,16 @@ class CPUBackend(CPUConvOps, Backend):
 
     # ---- memory ---------------------------------------------------------
     def empty(self, shape: Sequence[int], dtype: Any = "float32") -> np.ndarray:
-        return _aligned_empty(shape, dtype)
+        return _aligned_array(shape, dtype, zeroed=False)
 
     def zeros(self, shape: Sequence[int], dtype: Any = "float32") -> np.ndarray:
-        out = _aligned_empty(shape, dtype)
-        out.fill(0)
-        return out
+        return _aligned_array(shape, dtype, zeroed=True)
 
     def asarray(self, host: Any) -> np.ndarray:
         src = np.asarray(host)
         if src.dtype.hasobject:
             return np.array(src, copy=True, order="C")
-        out = _aligned_empty(src.shape, src.dtype)
+        out = _aligned_array(src.shape, src.dtype, zeroed=False)
         np.copyto(out, src)
         return out
 
@@ -250,7 +258,7 @@ class CPUBackend(CPUConvOps, Backend):
         if u is None:
             if len(self._uniform) >= _MAX_SCRATCH_SHAPES:
                 self._uniform.clear()
-            u = self._uniform[shape] = _aligned_empty(shape)
+            u = self._uniform[shape] = _aligned_array(shape, np.float32, zeroed=False)
         return u
 
     @staticmethod
