@@ -897,8 +897,11 @@ def check_targets(rows: List[Row], thread_counts: List[int]) -> Tuple[List[str],
             return
         met = value >= goal
         tag = "[ MET ]" if met else "[MISSED]"
-        gap = "" if met else f"; {goal / value:.2f}x short"
-        lines.append(f"{tag} {what}: {value:.2f}x (target >= {goal:g}x{gap})")
+        # A miss that rounds to the goal at 2 decimals ("1.80x, missed") gets
+        # a third one, so the line shows why it missed.
+        digits = 3 if round(value, 2) >= goal > value else 2
+        gap = "" if met else f"; short by {(goal / value - 1) * 100:.1f} %"
+        lines.append(f"{tag} {what}: {value:.{digits}f}x (target >= {goal:g}x{gap})")
         out[key] = {"value": value, "target": goal, "met": met}
 
     for cube in (1024, 2048):
