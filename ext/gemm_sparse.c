@@ -16,12 +16,15 @@
  *
  * Each list entry adds a[i,k] * B[k, jb : jb+128] to 8 vector accumulators.
  * The entry's 512 bytes of B are all the data its 8 FMAs use, so where they
- * come from sets the speed: a group of 64 rows walks its K block in chunks of
- * K_CHUNK, every row of the group taking its entries of the chunk in turn
+ * come from sets the speed: a group of 128 rows walks its K block in chunks
+ * of K_CHUNK, every row of the group taking its entries of the chunk in turn
  * (accumulators parked in between), so a chunk of B is fetched from L2 once
- * per group rather than once per row.  On MNIST's batches (19 % nonzero) the
- * forward and weight gradient of a 784 -> 128 layer take about half the
- * dense path's time; from about 30-40 % nonzeros the dense path is faster.
+ * per group rather than once per row.  Where B's row stride would pile the
+ * chunk's rows into a few L1 sets (a 1024-wide B: rows 4 KiB apart), the
+ * rows the group uses are first copied side by side.  On MNIST's batches
+ * (19 % nonzero) the forward and weight gradient of a 784 -> 128 layer take
+ * about half the dense path's time; from about 30-40 % nonzeros the dense
+ * path is faster.
  *
  * Same bits as the dense path: every element is an FMA chain over k in
  * increasing order within the same K blocks, stored with the same
@@ -184,25 +187,30 @@ static TGT_AVX512 ALWAYS_INLINE int32_t append512(int32_t *ks, int32_t n,
 }
 
 /* Rows of C per group (a multiple of 16).  A group shares each chunk of B,
- * so with a weight fresh from the optimiser step (not in this core's cache)
- * larger groups fetch it fewer times: the seed MLP's epoch in fit took 5-8 %
- * less time at 32 to 128 rows than at 16 (alternating builds, 1 thread;
- * such differences also came and went with where the scratch was placed,
- * so treat them as rough). */
+ * so larger groups fetch (and, where it is packed, copy) B fewer times: the
+ * seed MLP's epoch in fit took 5-8 % less time at 32 to 128 rows than at 16
+ * (alternating builds, 1 thread; such differences also came and went with
+ * where the scratch was placed, so treat them as rough), and a batch of 128
+ * against a 784 x 1024 weight 3-8 % less at 128 rows than at 64 (the weight
+ * packed once instead of twice at 1 thread). */
 #ifndef GROUP_ROWS
-#define GROUP_ROWS 64
+#define GROUP_ROWS 128
 #endif
 
 /* Work of one group of rows of C in one K block: each row's list, where
- * each K chunk starts in it, and the accumulators parked between chunks.
- * 137 KB, in the caller's per-thread scratch. */
+ * each K chunk starts in it, the accumulators parked between chunks, which k
+ * any row uses, and the packed chunk of B.  About 310 KB, in the caller's
+ * per-thread scratch. */
 typedef struct {
     int32_t h;                              /* rows in the group */
+    int pack_b;                             /* chunks of B are copied first */
     const float *a[GROUP_ROWS];             /* op(A)[i, k] = a[i][k * sa] */
     int64_t sa;
     k_list ks[GROUP_ROWS];
     int32_t start[GROUP_ROWS][SPARSE_KCB_MAX / K_CHUNK + 2];
     float parked[GROUP_ROWS][MAX_WIDTH];
+    uint16_t used[SPARSE_KCB_MAX / 16 + 1]; /* k any row of the group needs */
+    float packed[K_CHUNK][MAX_WIDTH] __attribute__((aligned(64)));
 } row_group;
 
 /* One chunk of one row: acc (from zero, or from where the previous chunk
@@ -212,13 +220,14 @@ typedef struct {
  * beta == 1 case multiplies C by 1: exact).  16 (NV-1) < nb <= 16 NV. */
 static TGT_AVX512 ALWAYS_INLINE void chunk512(const int NV,
                                               const gemm_args *g,
+                                              const float *bb, int64_t kb,
+                                              int64_t ldb,
                                               row_group *w, int r, int32_t e0,
                                               int32_t e1, int64_t i, int64_t jb,
                                               int64_t nb, int first, int last_chunk,
                                               float beta)
 {
     const __mmask16 last = lanes(nb - 16 * (NV - 1));
-    const float *bj = g->B + jb;
     const float *a = w->a[r];
     const int32_t *ks = w->ks[r];
     float *park = w->parked[r];
@@ -229,7 +238,7 @@ static TGT_AVX512 ALWAYS_INLINE void chunk512(const int NV,
     for (int32_t e = e0; e < e1; e++) {
         const int64_t k = ks[e];
         const __m512 x = _mm512_set1_ps(a[k * w->sa]);
-        const float *b = bj + k * g->ldb;
+        const float *b = bb + (k - kb) * ldb;
 #pragma GCC unroll 8
         for (int v = 0; v < NV - 1; v++)
             acc[v] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + 16 * v), acc[v]);
@@ -255,6 +264,55 @@ static TGT_AVX512 ALWAYS_INLINE void chunk512(const int NV,
     }
 }
 
+/* L1 data caches of current x86 cores have 64 sets of 64-byte lines, 8-12
+ * ways each. */
+#define L1_SETS 64
+#ifndef PACK_ABOVE
+#define PACK_ABOVE 12
+#endif
+
+/* Whether a chunk of B read in place, K_CHUNK rows of `width` floats one
+ * row stride (ldb floats) apart, would put more than PACK_ABOVE of its lines
+ * into one L1 set: with a stride near a multiple of 4 KiB (a 1024-wide
+ * layer) its rows crowd a few sets and are fetched from L2 for every entry
+ * instead of once per chunk.  Copying them side by side first took a batch
+ * of MNIST's 128 against a 784 x 1024 weight from 930 to 700 us (forward)
+ * and 940 to 700 us (weight gradient) on one core.  Depends on the shape
+ * only, never on the threads. */
+static int crowds_l1(int64_t ldb, int64_t width)
+{
+    int count[L1_SETS] = {0}, worst = 0;
+    for (int64_t q = 0; q < K_CHUNK; q++) {
+        const int64_t start = q * ldb * (int64_t)sizeof(float);
+        const int64_t lines = (start % 64 + width * (int64_t)sizeof(float) + 63) / 64;
+        for (int64_t l = 0; l < lines; l++) {
+            const int set = (int)((start / 64 + l) % L1_SETS);
+            worst = ++count[set] > worst ? count[set] : worst;
+        }
+    }
+    return worst > PACK_ABOVE;
+}
+
+/* Copies the rows k0 + q < k1 of B[:, jb : jb+nb] that some row of the group
+ * uses into w->packed[q], side by side (for strides that crowds_l1 flags). */
+static TGT_AVX512 void pack_chunk512(const gemm_args *g, row_group *w,
+                                     int64_t pc, int64_t k0, int64_t k1,
+                                     int64_t jb, int64_t nb)
+{
+    const int nv = (int)((nb + 15) / 16);
+    const __mmask16 last = lanes(nb - 16 * (nv - 1));
+    for (int64_t k = k0; k < k1; k++) {
+        if (!((w->used[(k - pc) / 16] >> ((k - pc) % 16)) & 1u))
+            continue;
+        const float *src = g->B + k * g->ldb + jb;
+        float *dst = w->packed[k - k0];
+        for (int v = 0; v < nv - 1; v++)
+            _mm512_store_ps(dst + 16 * v, _mm512_loadu_ps(src + 16 * v));
+        _mm512_store_ps(dst + 16 * (nv - 1),
+                        _mm512_maskz_loadu_ps(last, src + 16 * (nv - 1)));
+    }
+}
+
 /* The group's rows m0 + r of C over the K block [pc, kend), whose lists are
  * built: slice by slice of C's columns, then chunk by chunk of K, so each
  * chunk's block of B is fetched once for the group and reused, from cache,
@@ -267,11 +325,21 @@ static TGT_AVX512 void group512(const gemm_args *g, row_group *w,
     for (int64_t jb = 0; jb < g->N; jb += MAX_WIDTH) {
         const int64_t nb = min64(MAX_WIDTH, g->N - jb);
         const int nv = (int)((nb + 15) / 16);
+        const int pack = w->pack_b;
         for (int32_t c = 0; c < chunks; c++) {
             const int first = c == 0, last_chunk = c == chunks - 1;
+            const int64_t k0 = pc + (int64_t)c * K_CHUNK;
+            const float *bb = g->B + jb;
+            int64_t kb = 0, ldb = g->ldb;
+            if (pack) {
+                pack_chunk512(g, w, pc, k0, min64(k0 + K_CHUNK, kend), jb, nb);
+                bb = w->packed[0];
+                kb = k0;
+                ldb = MAX_WIDTH;
+            }
             for (int r = 0; r < w->h; r++) {
                 const int32_t e0 = w->start[r][c], e1 = w->start[r][c + 1];
-#define CHUNK(NV) chunk512(NV, g, w, r, e0, e1, m0 + r, jb, nb, first, last_chunk, beta)
+#define CHUNK(NV) chunk512(NV, g, bb, kb, ldb, w, r, e0, e1, m0 + r, jb, nb, first, last_chunk, beta)
                 switch (nv) {
                 case 1: CHUNK(1); break;
                 case 2: CHUNK(2); break;
@@ -293,6 +361,8 @@ static TGT_AVX512 void group512(const gemm_args *g, row_group *w,
 /* op(A) = A: row r's list from a vector compare of 16 k at a time. */
 static TGT_AVX512 void lists_rows512(row_group *w, int64_t pc, int64_t kend)
 {
+    for (int64_t q = 0; q <= (kend - pc) / 16; q++)
+        w->used[q] = 0;
     for (int r = 0; r < w->h; r++) {
         const float *a = w->a[r];
         int32_t n = 0, c = 0;
@@ -300,7 +370,9 @@ static TGT_AVX512 void lists_rows512(row_group *w, int64_t pc, int64_t kend)
             if ((k0 - pc) % K_CHUNK == 0)
                 w->start[r][c++] = n;
             const __mmask16 lm = lanes(kend - k0);
-            n = append512(w->ks[r], n, nonzero(lm, _mm512_maskz_loadu_ps(lm, a + k0)), k0);
+            const __mmask16 nz = nonzero(lm, _mm512_maskz_loadu_ps(lm, a + k0));
+            w->used[(k0 - pc) / 16] |= nz;
+            n = append512(w->ks[r], n, nz, k0);
         }
         w->start[r][c] = n;
     }
@@ -314,12 +386,16 @@ static TGT_AVX512 void lists_cols512(const gemm_args *g, row_group *w,
 {
     int32_t masks[SPARSE_KCB_MAX + 16];
     const int64_t kc = kend - pc;
+    for (int64_t q = 0; q <= kc / 16; q++)
+        w->used[q] = 0;
     for (int r0 = 0; r0 < w->h; r0 += 16) {
         const int h = w->h - r0 < 16 ? w->h - r0 : 16;
         const __mmask16 hm = lanes(h);
         const float *ab = g->A + pc * g->lda + mb + r0;
-        for (int64_t k = 0; k < kc; k++)
+        for (int64_t k = 0; k < kc; k++) {
             masks[k] = nonzero(hm, _mm512_maskz_loadu_ps(hm, ab + k * g->lda));
+            w->used[k / 16] |= (uint16_t)((masks[k] != 0) << (k % 16));
+        }
         for (int64_t k = kc; k < kc + 16; k++)
             masks[k] = 0;
         for (int r = r0; r < r0 + h; r++) {
@@ -337,9 +413,10 @@ static TGT_AVX512 void lists_cols512(const gemm_args *g, row_group *w,
 }
 
 static TGT_AVX512 void gemm512(const gemm_args *g, int64_t m0, int64_t m1,
-                               row_group *w)
+                               int pack_b, row_group *w)
 {
     w->sa = g->ta ? g->lda : 1;
+    w->pack_b = pack_b;
     for (int64_t mb = m0; mb < m1; mb += GROUP_ROWS) {
         w->h = (int32_t)min64(GROUP_ROWS, m1 - mb);
         for (int r = 0; r < w->h; r++)
@@ -397,7 +474,11 @@ void sparse_gemm_rows(const gemm_args *g, int64_t m0, int64_t m1,
 {
 #if FNN_X86
     if (avx512) {
-        gemm512(g, m0, m1, (row_group *)work);
+        /* crowds_l1 is called here, outside the AVX-512 code: inlined there,
+         * its zeroed array on the stack was written with 64-byte aligned
+         * stores, which the sanitizer's relocated stack frames fault on. */
+        gemm512(g, m0, m1, crowds_l1(g->ldb, min64(g->N, MAX_WIDTH)),
+                (row_group *)work);
         return;
     }
 #endif

@@ -402,6 +402,26 @@ def test_sparse_a_matches_reference_and_dense_bits(cgemm, sparse_density, rng,
                               alpha, beta, pad)
 
 
+# B's rows 4 KiB apart (1024 floats), or close to it, would pile a K chunk of
+# B into a few L1 sets, so the path copies the rows each group of rows uses
+# side by side first: the wide MLP's first layer (forward and weight
+# gradient), narrow and ragged column slices of a 1024-wide B, several
+# groups of 128 rows, and a stride 4 bytes past 4 KiB.
+CROWDED = [(128, 1024, 784, 0), (784, 1024, 128, 0), (300, 200, 600, 824),
+           (260, 72, 390, 952), (129, 40, 1000, 985)]
+
+
+@pytest.mark.parametrize("kernel", ["generic", "avx512"])
+@pytest.mark.parametrize("ta", (0, 1))
+def test_sparse_a_with_crowded_b_strides(cgemm, sparse_density, rng, kernel, ta):
+    _use_kernel(cgemm, kernel)
+    for i, (M, N, K, pad) in enumerate(CROWDED):
+        alpha, beta = [(1.0, 0.0), (-0.5, 1.0), (2.0, 0.25)][i % 3]
+        for density in (0.02, 0.19):
+            _sparse_and_dense(cgemm, sparse_density, rng, ta, M, N, K, density,
+                              alpha, beta, pad)
+
+
 @pytest.mark.parametrize("kernel", ["generic", "avx512"])
 def test_sparse_a_path_is_taken_below_the_threshold_only(cgemm, sparse_density, rng,
                                                          kernel):
