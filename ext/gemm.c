@@ -950,7 +950,11 @@ static void pick_grid(const kernel_desc *kd, int nt, int64_t M, int64_t N,
             (double)(ceil_div(rows, 4) * 4) * (double)(ceil_div(cols, 16) * 16) *
                 (double)K / 16.0 +
             (double)(rows + cols) * (double)K / 4.0;
-        if (best < 0.0 || cost < best) {
+        /* A tie goes to more row parts: each thread then writes whole rows
+         * of C, not half of every row (1024 x 1024 x 128 weight gradient,
+         * 2 threads: 1218-1223 against 1274-1294 us; 1024^3 and 2048^3
+         * 1-6 % faster in two alternating runs). */
+        if (best < 0.0 || cost <= best) {
             best = cost;
             btm = tm;
             btn = tn;
