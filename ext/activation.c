@@ -11,9 +11,12 @@
  * saves. Transcendental activations weigh more per element. */
 #define PAR_MIN_WORK 32768
 #define EXP_COST 8
-/* Columns summed together by one thread in fnn_bias_grad: wide enough to
- * stream whole cache lines, narrow enough for the accumulators to stay hot. */
-#define BIAS_GRAD_BLOCK 64
+/* Columns whose float64 sums (8 KiB) column_block keeps at once: whole rows
+ * of a 1024-wide layer, so it streams through dz row by row (64-column blocks
+ * walked down 4 KiB-strided rows ran at half the speed). */
+#define BIAS_GRAD_BLOCK 1024
+/* A thread's share of the columns starts on a cache line (16 floats). */
+#define COLUMN_ALIGN 16
 
 /* ---- vectorisable float32 exp, tanh, sigmoid ---------------------------
  * libm's expf/tanhf are scalar calls that stop GCC vectorising a loop, which
@@ -234,6 +237,17 @@ static void bias_softmax_fwd(int64_t rows, int64_t cols, const float *x,
     }
 }
 
+/* Rows [0, rows) of y = act(x + bias), rows ldx and ldy apart. A cloned
+ * function around the inline row: the OpenMP loops that call it are compiled
+ * for the baseline instruction set (SSE2), four lanes where AVX-512 has 16. */
+SIMD_CLONES
+static void bias_act_rows(int act, int64_t rows, int64_t cols, const float *x,
+                          int64_t ldx, const float *bias, float *y, int64_t ldy)
+{
+    for (int64_t r = 0; r < rows; r++)
+        bias_act_row(act, cols, x + r * ldx, bias, y + r * ldy);
+}
+
 void fnn_bias_act_fwd(int act, int64_t rows, int64_t cols, const float *x,
                       const float *bias, float *y)
 {
@@ -246,7 +260,7 @@ void fnn_bias_act_fwd(int act, int64_t rows, int64_t cols, const float *x,
     (void)par; /* unused when built without OpenMP */
     #pragma omp parallel for schedule(static) if (par) num_threads(nt)
     for (int64_t r = 0; r < rows; r++)
-        bias_act_row(act, cols, x + r * cols, bias, y + r * cols);
+        bias_act_rows(act, 1, cols, x + r * cols, cols, bias, y + r * cols, cols);
 }
 
 /* One row of dx = dy * act'(.), written through the forward output y. */
@@ -291,6 +305,15 @@ static inline void act_bwd_row(int act, int64_t cols, const float *y,
     }
 }
 
+/* Rows [0, rows) of dx = dy * act'(y), contiguous; cloned as bias_act_rows. */
+SIMD_CLONES
+static void act_bwd_rows(int act, int64_t rows, int64_t cols, const float *y,
+                         const float *dy, float *dx)
+{
+    for (int64_t r = 0; r < rows; r++)
+        act_bwd_row(act, cols, y + r * cols, dy + r * cols, dx + r * cols);
+}
+
 void fnn_act_bwd(int act, int64_t rows, int64_t cols, const float *y,
                  const float *dy, float *dx)
 {
@@ -299,14 +322,13 @@ void fnn_act_bwd(int act, int64_t rows, int64_t cols, const float *y,
     (void)par; /* unused when built without OpenMP */
     #pragma omp parallel for schedule(static) if (par) num_threads(nt)
     for (int64_t r = 0; r < rows; r++)
-        act_bwd_row(act, cols, y + r * cols, dy + r * cols, dx + r * cols);
+        act_bwd_rows(act, 1, cols, y + r * cols, dy + r * cols, dx + r * cols);
 }
 
 void fnn_bias_act_tile(int act, int64_t rows, int64_t cols, const float *bias,
                        float *c, int64_t ldc)
 {
-    for (int64_t r = 0; r < rows; r++)
-        bias_act_row(act, cols, c + r * ldc, bias, c + r * ldc);
+    bias_act_rows(act, rows, cols, c, ldc, bias, c, ldc);
 }
 
 void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
@@ -324,37 +346,51 @@ void fnn_dense_fwd(int act, int64_t M, int64_t N, int64_t K, const float *x,
     }
 }
 
-/* db = column sums of dz, where dz = dy * act'(y) is first written row
- * segment by row segment (dz != NULL; act elementwise) or is dy itself
- * (dz == NULL). Each column is summed by one thread, top row to bottom row,
- * in double: the result does not depend on how blocks are shared out, and a
- * row segment is summed while it is still in L1. */
+/* db[c0:c0+w] = column sums of dz over all rows, where dz = dy * act'(y) is
+ * first written row segment by row segment (dz != NULL; act elementwise) or is
+ * dy itself (dz == NULL). Each column is summed top row to bottom row in
+ * double, and a row segment is summed while it is still in L1. Cloned: the
+ * float-to-double adds run 8 wide with AVX-512, 2 wide in the baseline. */
+SIMD_CLONES
+static void column_block(int act, int64_t rows, int64_t cols, int64_t c0, int64_t w,
+                         const float *y, const float *dy, float *dz, float *db)
+{
+    double acc[BIAS_GRAD_BLOCK];
+    for (int64_t c = 0; c < w; c++)
+        acc[c] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t off = r * cols + c0;
+        const float *seg = dy + off;
+        if (dz != NULL) {
+            act_bwd_row(act, w, y + off, dy + off, dz + off);
+            seg = dz + off;
+        }
+        for (int64_t c = 0; c < w; c++)
+            acc[c] += (double)seg[c];
+    }
+    for (int64_t c = 0; c < w; c++)
+        db[c0 + c] = (float)acc[c];
+}
+
+/* Column sums (column_block), the columns cut into one contiguous share per
+ * thread. Each column is summed by one thread in row order, so the result is
+ * the same however the columns are shared out. */
 static void column_sums(int act, int64_t rows, int64_t cols, const float *y,
                         const float *dy, float *dz, float *db)
 {
     const int nt = fnn_get_num_threads();
-    const int64_t nblocks = (cols + BIAS_GRAD_BLOCK - 1) / BIAS_GRAD_BLOCK;
-    const int par = nt > 1 && nblocks > 1 && rows * cols > PAR_MIN_WORK;
-    (void)par; /* unused when built without OpenMP */
+    const int par = nt > 1 && cols >= 2 * COLUMN_ALIGN && rows * cols > PAR_MIN_WORK;
+    const int64_t parts = par ? nt : 1;
+    const int64_t lines = (cols + COLUMN_ALIGN - 1) / COLUMN_ALIGN;
     #pragma omp parallel for schedule(static) if (par) num_threads(nt)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t c0 = b * BIAS_GRAD_BLOCK;
-        const int64_t w = cols - c0 < BIAS_GRAD_BLOCK ? cols - c0 : BIAS_GRAD_BLOCK;
-        double acc[BIAS_GRAD_BLOCK];
-        for (int64_t c = 0; c < w; c++)
-            acc[c] = 0.0;
-        for (int64_t r = 0; r < rows; r++) {
-            const int64_t off = r * cols + c0;
-            const float *seg = dy + off;
-            if (dz != NULL) {
-                act_bwd_row(act, w, y + off, dy + off, dz + off);
-                seg = dz + off;
-            }
-            for (int64_t c = 0; c < w; c++)
-                acc[c] += (double)seg[c];
+    for (int64_t t = 0; t < parts; t++) {
+        const int64_t c0 = lines * t / parts * COLUMN_ALIGN;
+        int64_t c1 = lines * (t + 1) / parts * COLUMN_ALIGN;
+        c1 = c1 < cols ? c1 : cols;
+        for (int64_t c = c0; c < c1; c += BIAS_GRAD_BLOCK) {
+            const int64_t w = c1 - c < BIAS_GRAD_BLOCK ? c1 - c : BIAS_GRAD_BLOCK;
+            column_block(act, rows, cols, c, w, y, dy, dz, db);
         }
-        for (int64_t c = 0; c < w; c++)
-            db[c0 + c] = (float)acc[c];
     }
 }
 

@@ -153,7 +153,8 @@ def test_epilogue_rejects_bad_arguments(rng):
 
 @pytest.mark.parametrize("act", ELEMENTWISE + ["softmax"])
 def test_act_bias_bwd_equals_the_two_kernels(rng, act):
-    for rows, cols in [(1, 1), (7, 3), (300, 70), (128, 1024), (2000, 129)]:
+    # 2500 columns: more than one 1024-column block of sums, and a ragged last one.
+    for rows, cols in [(1, 1), (7, 3), (300, 70), (128, 1024), (2000, 129), (64, 2500)]:
         z = rng.standard_normal((rows, cols)).astype(np.float32) * 2
         y = ref.activation(act, z).astype(np.float32)
         dy = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -171,17 +172,19 @@ def test_act_bias_bwd_equals_the_two_kernels(rng, act):
 def test_act_bias_bwd_bit_identical_across_thread_counts(rng, kernel_and_threads):
     if not _C.has_openmp():
         pytest.skip("built without OpenMP")
-    y = np.maximum(rng.standard_normal((3000, 333)), 0).astype(np.float32)
-    dy = rng.standard_normal((3000, 333)).astype(np.float32)
-    outs = []
-    for threads in (1, 2, 3):
-        _C.set_num_threads(threads)
-        dz, db = np.empty_like(dy), np.empty(333, np.float32)
-        _C.act_bias_bwd("relu", y, dy, dz, db)
-        outs.append((dz, db))
-    for dz, db in outs[1:]:
-        assert np.array_equal(dz, outs[0][0]) and np.array_equal(db.view(np.uint32),
-                                                                outs[0][1].view(np.uint32))
+    # The columns are shared out per thread, in 1024-column blocks of sums.
+    for rows, cols in [(3000, 333), (40, 2100)]:
+        y = np.maximum(rng.standard_normal((rows, cols)), 0).astype(np.float32)
+        dy = rng.standard_normal((rows, cols)).astype(np.float32)
+        outs = []
+        for threads in (1, 2, 3):
+            _C.set_num_threads(threads)
+            dz, db = np.empty_like(dy), np.empty(cols, np.float32)
+            _C.act_bias_bwd("relu", y, dy, dz, db)
+            outs.append((dz, db))
+        for dz, db in outs[1:]:
+            assert np.array_equal(dz, outs[0][0]) and np.array_equal(
+                db.view(np.uint32), outs[0][1].view(np.uint32))
 
 
 def test_act_bias_bwd_rejects_bad_arguments(rng):
