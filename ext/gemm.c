@@ -927,10 +927,19 @@ static int64_t part_size(int64_t n, int t, int q)
     return ceil_div(ceil_div(n, q), t) * q;
 }
 
+/* What a C element costs a thread that writes only part of each row of C,
+ * in multiply-adds (k steps) per element: with threads writing the two
+ * halves of every row, products with short K ran 1.2-2.5x slower than split
+ * by rows (2 threads, 128 x 1024 from K = 10, 16, 32, 64: 56-62, 54-56,
+ * 76-80, 107-108 us against 25-26, 31-32, 52-53, 90-91; 128 x 512 x 10 took
+ * 24-28 us against 11, and 9 on one thread). */
+#define PARTIAL_ROW_COST 8.0
+
 /* Picks a tm x tn grid of threads (tm * tn == nt) minimising the estimated
  * time of the slowest thread: multiply-adds on its rectangle (rows rounded
- * to a quarter tile, columns to a vector) plus packing its share of A and B.
- * Any split gives the same results; this only balances the work. */
+ * to a quarter tile, columns to a vector), packing its share of A and B, and
+ * for a split of the columns, writing partial rows of C.  Any split gives
+ * the same results; this only balances the work. */
 static void pick_grid(const kernel_desc *kd, int nt, int64_t M, int64_t N,
                       int64_t K, int *tm_out, int *tn_out)
 {
@@ -946,10 +955,11 @@ static void pick_grid(const kernel_desc *kd, int nt, int64_t M, int64_t N,
             continue;                      /* some thread would be idle */
         rows = rows < M ? rows : M;
         cols = cols < N ? cols : N;
-        const double cost =
-            (double)(ceil_div(rows, 4) * 4) * (double)(ceil_div(cols, 16) * 16) *
-                (double)K / 16.0 +
-            (double)(rows + cols) * (double)K / 4.0;
+        const double tile_elems =
+            (double)(ceil_div(rows, 4) * 4) * (double)(ceil_div(cols, 16) * 16);
+        double cost = tile_elems * (double)K / 16.0 + (double)(rows + cols) * (double)K / 4.0;
+        if (tn > 1)
+            cost += tile_elems * PARTIAL_ROW_COST / 16.0;
         /* A tie goes to more row parts: each thread then writes whole rows
          * of C, not half of every row (1024 x 1024 x 128 weight gradient,
          * 2 threads: 1218-1223 against 1274-1294 us; 1024^3 and 2048^3
