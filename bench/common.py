@@ -18,7 +18,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -445,6 +445,38 @@ class CTriad:
             self._peak(iters, threads)
             best = max(best, threads * iters * 384 / (time.perf_counter() - t0) / 1e9)
         return best
+
+    def core_share(self, threads: int, iters: int = 4_000_000) -> float:
+        """The FMA probe's rate on ``threads`` threads over ``threads`` times its
+        rate on one, just measured (~25 ms): about 1 when every core is there,
+        about 1/threads when the host has taken all but one."""
+        rates = []
+        for t in (1, threads):
+            t0 = time.perf_counter()
+            self._peak(iters, t)
+            rates.append(t * iters / (time.perf_counter() - t0))
+        return rates[1] / rates[0] / threads
+
+
+def wait_for_cores(triad: CTriad, threads: int, max_wait_s: float,
+                   need: float = 0.85) -> Tuple[float, float]:
+    """Runs the FMA probe (keeping the cores busy, so an idle one is woken)
+    until ``threads`` threads get at least ``need`` of ``threads`` cores twice
+    in a row or ``max_wait_s`` has passed; returns (seconds spent, the lowest
+    share of the last two probes).
+
+    Load that other processes put on the guest shows in /proc/stat (see
+    wait_quiet); a core the host gives to another guest does not, and took a
+    core away for whole benchmark rows (see bench/README.md). Twice, because
+    a core shared by time slices passes a single 25 ms probe now and then (a
+    busy loop pinned to the second core: 0.43-0.74 of 2 cores, once 1.0)."""
+    start = time.perf_counter()
+    last = [triad.core_share(threads)]
+    while time.perf_counter() - start < max_wait_s:
+        last = [last[-1], triad.core_share(threads)]
+        if min(last) >= need:
+            break
+    return time.perf_counter() - start, min(last)
 
 
 # ---------------------------------------------------------------------------

@@ -79,6 +79,11 @@ class Settings:
         # +-25 % on this shared host, so medians of three were not enough
         self.epoch_repeat = 2 if quick else 5
         self.epoch_retries = 0 if quick else 2          # see EPOCH_SPREAD
+        # before each multi-threaded MLP attempt, wait up to core_wait_s for the
+        # host to give every core back (wait_for_cores), at most core_wait_total_s
+        # in the whole run so that it still fits its 5 minutes
+        self.core_wait_s = 5.0 if quick else 20.0
+        self.core_wait_total_s = 10.0 if quick else 60.0
         self.seed_budget = 2.5 if quick else 8.0        # s per contender and thread count
         self.wide_steps = 8 if quick else 120
         self.wide_budget = 2.5 if quick else 16.0
@@ -562,6 +567,31 @@ def _epochs_disturbed(res: EpochResults, single: Dict[str, float]) -> bool:
     return bool(stuck) or spread > EPOCH_SPREAD
 
 
+def _wait_for_cores(libs: Libs, cfg: Settings, t: int, row: Row) -> None:
+    """Before an attempt at t > 1 threads: wait_for_cores, within the run's
+    budget; what it saw goes to row.extra["core_checks"]."""
+    if t <= 1 or not libs.triad.ok or cfg.core_wait_s <= 0:
+        return
+    budget = max(0.0, min(cfg.core_wait_s, cfg.core_wait_total_s))
+    waited, share = common.wait_for_cores(libs.triad, t, budget)
+    cfg.core_wait_total_s -= waited
+    row.extra.setdefault("core_checks", []).append(
+        {"waited_s": round(waited, 2), "core_share": round(share, 3)})
+
+
+def _core_note(row: Row) -> str:
+    """What the waits for every core found, for the row's note ("" if nothing)."""
+    checks = row.extra.get("core_checks", [])
+    if not checks:
+        return ""
+    waited = sum(c["waited_s"] for c in checks)
+    kept = checks[min(row.extra.get("core_check_kept", 0), len(checks) - 1)]
+    if waited < 1.0 and kept["core_share"] >= 0.85:
+        return ""
+    return (f"; waited {waited:.0f} s for every core (FMA probe at "
+            f"{kept['core_share']:.2f} of {row.threads} cores before the attempt kept)")
+
+
 def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.ndarray,
              y: np.ndarray, hidden: List[int], label: str, budget: float,
              steps: Optional[int], worker: Optional[TorchEpochs], t: int,
@@ -585,6 +615,7 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
         if worker is not None:
             for name, fused in (("torch", False), ("torch_fused", True)):
                 runs[name] = (lambda n, fused=fused: worker.epoch(hidden, fused, t, n))
+        _wait_for_cores(libs, cfg, t, row)
         res = time_epochs(runs, len(x), BATCH, cfg.epoch_repeat, budget, steps, errors,
                           f"{label}, {t} thr")
         # One retry at 1 thread, where a core taken away does not stall a barrier:
@@ -596,10 +627,12 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
             row.extra["remeasured"] = attempt + 1
             row.extra.setdefault("rejected_attempts", []).append(
                 {name: raw for name, (_, _, raw) in res.items()})
+            _wait_for_cores(libs, cfg, t, row)
             again = time_epochs(runs, len(x), BATCH, cfg.epoch_repeat, budget, steps,
                                 errors, f"{label}, {t} thr")
             if _epoch_disturbance(again, single) < _epoch_disturbance(res, single):
                 res = again
+                row.extra["core_check_kept"] = attempt + 1
         row.extra["epoch_spread"] = _epoch_spread(res)
         row.extra["epoch_medians_s"] = {name: sec for name, (sec, _, _) in res.items()}
     hows = {}
@@ -617,6 +650,7 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
                      f"{row.extra['epoch_spread']:.2f}x in the attempt kept)")
         if _no_contender_scaled(row.extra["epoch_medians_s"], single):
             row.note += "; no contender used the extra threads"
+    row.note += _core_note(row)
 
     print(common.table([row]).splitlines()[-1], flush=True)
     return row
@@ -1056,6 +1090,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="before each section wait up to S seconds for other processes "
                     "to leave the cores idle (a shared machine)")
+    ap.add_argument("--wait-cores", type=float, default=None, metavar="S",
+                    help="before each multi-threaded MLP attempt wait up to S seconds (60 "
+                    "in all) for an FMA probe to get every core (default 20, 5 with --quick; "
+                    "0: off)")
     args = ap.parse_args(argv)
 
     cpus = os.cpu_count() or 1
@@ -1073,6 +1111,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         ap.error(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     cfg = Settings(args.quick)
+    if args.wait_cores is not None:
+        cfg.core_wait_s = max(0.0, args.wait_cores)
     started = time.perf_counter()
 
     libs = Libs(use_torch=not args.no_torch)
