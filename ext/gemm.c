@@ -772,6 +772,69 @@ static int packs_b(const kernel_desc *kd, const gemm_args *g, int64_t rows,
     return rows > 2 * kd->mr && block_bytes > DIRECT_B_MAX_BYTES;
 }
 
+/* The narrow kernels take op(A) down the rows of C, 16 or 32 rows of one k
+ * per vector load: A stored transposed already has that layout; plain A is
+ * first transposed into panels of NARROW_PANEL rows, NARROW_BLOCK rows at a
+ * time (a block of MC x KC floats at most: bufa). */
+#define NARROW_PANEL 32
+#define NARROW_BLOCK 128
+typedef char narrow_block_fits_bufa[NARROW_BLOCK <= MC ? 1 : -1];
+/* Narrow kernels for plain A up to this many columns of C: their time grows
+ * with the columns and a 16-wide tile's does not.  1 thread, against the
+ * tiles: 128 x N from K = 1024, 1.38-2.21x faster for N <= 8, 1.26x at 10,
+ * 1.11x at 12; 1000 x N from K = 128, 1.09-1.93x for N <= 8 but 0.93x at 10
+ * and 0.84x at 12. */
+#ifndef NARROW_PLAIN_MAX_N
+#define NARROW_PLAIN_MAX_N 8
+#endif
+#ifndef NARROW_PLAIN_MIN_M
+#define NARROW_PLAIN_MIN_M 32
+#endif
+
+/* Whether a rectangle of C runs the narrow kernels: at most 16 columns with A
+ * stored transposed; with plain A only where a 16-wide tile would leave a
+ * quarter of its lanes idle and there are rows enough to fill the panels. */
+static int takes_narrow(const kernel_desc *kd, const gemm_args *g, int64_t rows,
+                        int64_t cols)
+{
+    if (kd->narrow[0] == NULL || cols > 16)
+        return 0;
+    return g->ta || (cols <= NARROW_PLAIN_MAX_N && rows >= NARROW_PLAIN_MIN_M);
+}
+
+/* C[m0:m1, n0:n1] (at most 16 columns) by the narrow kernels; op(B) is packed
+ * into edge_b, NCOL columns per k. */
+static void gemm_narrow(const kernel_desc *kd, const gemm_args *g, int64_t m0,
+                        int64_t m1, int64_t n0, int64_t n1, float *bufa,
+                        float *edge_b)
+{
+    const int ncol = (int)(n1 - n0), slot = (ncol - 1) / 2;
+    const int P = 2 * (slot + 1);
+    for (int64_t pc = 0; pc < g->K; pc += g->kcb) {
+        const int64_t kc = g->K - pc < g->kcb ? g->K - pc : g->kcb;
+        const float beta = pc == 0 ? g->beta : 1.0f;
+        if (g->tb)
+            kd->pack_tp(b_at(g, pc, n0), g->ldb, kc, ncol, P, edge_b);
+        else
+            kd->pack_copy(b_at(g, pc, n0), g->ldb, kc, ncol, P, edge_b);
+        if (g->ta) {
+            kd->narrow[slot](kc, a_at(g, m0, pc), g->lda, m1 - m0, edge_b,
+                             g->C + m0 * g->ldc + n0, g->ldc, ncol, g->alpha, beta);
+            continue;
+        }
+        for (int64_t ic = m0; ic < m1; ic += NARROW_BLOCK) {
+            const int64_t mc = m1 - ic < NARROW_BLOCK ? m1 - ic : NARROW_BLOCK;
+            kd->pack_tp(a_at(g, ic, pc), g->lda, kc, mc, NARROW_PANEL, bufa);
+            for (int64_t ir = 0; ir < mc; ir += NARROW_PANEL)
+                kd->narrow[slot](kc, bufa + ir * kc, NARROW_PANEL,
+                                 mc - ir < NARROW_PANEL ? mc - ir : NARROW_PANEL,
+                                 edge_b, g->C + (ic + ir) * g->ldc + n0, g->ldc,
+                                 ncol, g->alpha, beta);
+        }
+    }
+    epilogue(g, m0, n0, m1 - m0, ncol);
+}
+
 static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1, float *buf)
 {
@@ -785,20 +848,8 @@ static void gemm_rect(const kernel_desc *kd, const gemm_args *g, int64_t m0,
     float *edge_a = bufb + BUF_B;
     float *edge_b = edge_a + BUF_EDGE_A;
 
-    if (g->ta && n1 - n0 <= 16 && kd->narrow[0] != NULL) {
-        const int ncol = (int)(n1 - n0), slot = (ncol - 1) / 2;
-        const int P = 2 * (slot + 1);
-        for (int64_t pc = 0; pc < K; pc += kcb) {
-            const int64_t kc = K - pc < kcb ? K - pc : kcb;
-            if (g->tb)
-                kd->pack_tp(b_at(g, pc, n0), g->ldb, kc, ncol, P, edge_b);
-            else
-                kd->pack_copy(b_at(g, pc, n0), g->ldb, kc, ncol, P, edge_b);
-            kd->narrow[slot](kc, a_at(g, m0, pc), g->lda, m1 - m0, edge_b,
-                             g->C + m0 * g->ldc + n0, g->ldc, ncol, g->alpha,
-                             pc == 0 ? g->beta : 1.0f);
-        }
-        epilogue(g, m0, n0, m1 - m0, ncol);
+    if (takes_narrow(kd, g, m1 - m0, n1 - n0)) {
+        gemm_narrow(kd, g, m0, m1, n0, n1, bufa, edge_b);
         return;
     }
 

@@ -239,6 +239,31 @@ def test_large_shapes_alpha_beta_strides(cgemm, rng, kernel, ta, tb):
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("tb", (0, 1))
+def test_narrow_c_with_plain_a(cgemm, rng, kernel, tb):
+    """C of at most 8 columns from plain A takes the narrow kernels (AVX-512)
+    once a thread has 32 rows: A transposed into 32-row panels, 128 rows at a
+    time; ragged panels and blocks, several K blocks, alpha/beta, strides. The
+    same rows computed 16 at a time (a 16-wide tile) give the same bits."""
+    _use_kernel(cgemm, kernel)
+    cases = [(1.0, 0.0, 0), (0.75, 0.5, 3), (-1.5, 1.0, 1)]
+    shapes = [(32, 1, 7), (45, 8, 400), (200, 3, 1024), (300, 5, 129), (129, 2, 800),
+              (64, 9, 300), (40, 12, 50)]
+    cgemm.set_threads(1)
+    for i, (M, N, K) in enumerate(shapes):
+        alpha, beta, pad = cases[i % len(cases)]
+        _check(cgemm, rng, 0, tb, M, N, K, alpha, beta, pad)
+        a, b, c = _operands(rng, 0, tb, M, N, K, pad)
+        whole = c.copy()
+        cgemm(0, tb, M, N, K, alpha, a, b, beta, whole)
+        for r0 in range(0, M, 16):
+            rows = min(16, M - r0)
+            part = c[r0:r0 + rows].copy()
+            cgemm(0, tb, rows, N, K, alpha, a[r0:r0 + rows], b, beta, part)
+            np.testing.assert_array_equal(part[:, :N], whole[r0:r0 + rows, :N])
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
 def test_alpha_beta_grid(cgemm, rng, kernel):
     _use_kernel(cgemm, kernel)
     for (ta, tb), (alpha, beta) in itertools.product(
