@@ -228,13 +228,6 @@ NO_SCALING = 1.25
 SCALING_MIN_S = 1e-3  # 1-thread time below which threads need not pay off
 
 
-def _scaling(times: Dict[str, float], single: Dict[str, float]) -> float:
-    """The smallest speed-up over its own 1-thread time among the contenders
-    timed both ways (inf when none was)."""
-    ups = [single[n] / times[n] for n in times if n in single]
-    return min(ups) if ups else math.inf
-
-
 def _speedups(times: Dict[str, float], single: Dict[str, float]) -> List[float]:
     """Each contender's speed-up over its 1-thread time, where that is long
     enough (SCALING_MIN_S) for more threads to pay off."""
@@ -242,14 +235,14 @@ def _speedups(times: Dict[str, float], single: Dict[str, float]) -> List[float]:
             if n in single and single[n] >= SCALING_MIN_S]
 
 
+def _scaling(times: Dict[str, float], single: Dict[str, float]) -> float:
+    """The worst-scaling contender's speed-up (inf when none counts)."""
+    return min(_speedups(times, single), default=math.inf)
+
+
 def _no_contender_scaled(times: Dict[str, float], single: Dict[str, float]) -> bool:
     ups = _speedups(times, single)
     return bool(ups) and max(ups) < NO_SCALING
-
-
-def _some_contender_stuck(times: Dict[str, float], single: Dict[str, float]) -> bool:
-    ups = _speedups(times, single)
-    return bool(ups) and min(ups) < NO_SCALING
 
 
 def _timed_with_all_cores(time_cell: Callable[[], Dict[str, float]],
@@ -260,7 +253,7 @@ def _timed_with_all_cores(time_cell: Callable[[], Dict[str, float]],
     `row` how many times it re-measured and whether the cell never scaled."""
     times = time_cell()
     for attempt in range(retries):
-        if not _some_contender_stuck(times, single):
+        if _scaling(times, single) >= NO_SCALING:
             break
         row.extra["remeasured"] = attempt + 1
         again = time_cell()
