@@ -494,17 +494,22 @@ def describe_modes(hows: Dict[str, str]) -> str:
 
 def bench_mlp(libs: Libs, threads: Threads, thread_counts: List[int], cfg: Settings,
               errors: Errors, data: Tuple[np.ndarray, ...], hidden: List[int],
-              label: str, budget: float, steps: Optional[int]) -> List[Row]:
+              label: str, budget: float, steps: Optional[int],
+              scaling_alongside: bool = False) -> List[Row]:
+    """One row per thread count. With `scaling_alongside`, the rows above the
+    lowest thread count also time fastnn at that count among their contenders."""
     x, y = data[0], data[1]
     rows = []
     worker = None
     if libs.torch is not None:
         worker = errors.run(f"{label} [torch worker]", lambda: TorchEpochs(x, y))
+    tmin = min(thread_counts)
     try:
         for t in thread_counts:
             single = rows[0].extra.get("epoch_medians_s", {}) if rows else {}
+            base = tmin if scaling_alongside and t > tmin else None
             rows.append(_mlp_row(libs, threads, cfg, errors, x, y, hidden, label, budget,
-                                 steps, worker, t, single))
+                                 steps, worker, t, single, base))
     finally:
         if worker is not None:
             worker.close()
@@ -528,6 +533,34 @@ def _fit_without_zero_skipping(libs: Libs, model: Any, x: np.ndarray, y: np.ndar
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     finally:
         libs.fastnn._C.sgemm_set_sparse_density(sparse)
+
+
+# The row's contender name for fastnn's epochs at the lowest thread count,
+# timed among the others so that its speed-up over them is side by side.
+# Taken from the lowest count's own row instead, a minute earlier, the wide
+# MLP's 2-over-1-thread ratio followed the host's drift between the rows
+# (13:19: fastnn 1.67x, PyTorch 1.51x; 1.83x and 1.86x three minutes before).
+BASE_THREADS_RUN = "fastnn_base_threads"
+
+
+def _fit_on_threads(libs: Libs, model: Any, x: np.ndarray, y: np.ndarray,
+                    n_threads: int, restore: int) -> None:
+    """fit on `n_threads` threads, then back to `restore`."""
+    libs.fastnn.set_num_threads(n_threads)
+    try:
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    finally:
+        libs.fastnn.set_num_threads(restore)
+
+
+def _base_threads_note(row: Row) -> str:
+    """fastnn's epoch at the lowest thread count timed alongside, for the note."""
+    base = row.extra.get("fastnn_base_threads_s")
+    fnn = row.times.get("fastnn")
+    if base is None or not fnn:
+        return ""
+    return (f"; fnn at {row.extra['fastnn_base_threads']} thr alongside: "
+            f"{common.fmt_time(base)} ({base / fnn:.2f}x)")
 
 
 def _dense_note(row: Row) -> str:
@@ -603,9 +636,11 @@ def _core_note(row: Row) -> str:
 def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.ndarray,
              y: np.ndarray, hidden: List[int], label: str, budget: float,
              steps: Optional[int], worker: Optional[TorchEpochs], t: int,
-             single: Dict[str, float]) -> Row:
+             single: Dict[str, float], base_threads: Optional[int] = None) -> Row:
     """One thread count's row: fastnn's fit against the worker's PyTorch epochs;
-    `single` holds the 1-thread row's epoch times (empty for that row)."""
+    `single` holds the 1-thread row's epoch times (empty for that row). With
+    `base_threads`, fastnn's epoch at that thread count is timed among the
+    contenders too (BASE_THREADS_RUN), for a speed-up over it side by side."""
     row = Row("mlp", label, t)
     runs: Dict[str, Callable[[int], None]] = {}
     with threads.use(t):
@@ -620,6 +655,12 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
             if dense is not None:
                 runs["fastnn_dense"] = (lambda n, model=dense: _fit_without_zero_skipping(
                     libs, model, x[:n], y[:n]))
+            if base_threads is not None:
+                fewer = errors.run(f"{label} [fastnn, {base_threads} thr alongside]",
+                                   lambda: fastnn_mlp(libs, hidden))
+                if fewer is not None:
+                    runs[BASE_THREADS_RUN] = (lambda n, model=fewer: _fit_on_threads(
+                        libs, model, x[:n], y[:n], base_threads, t))
         if worker is not None:
             for name, fused in (("torch", False), ("torch_fused", True)):
                 runs[name] = (lambda n, fused=fused: worker.epoch(hidden, fused, t, n))
@@ -647,12 +688,15 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
     for name, (sec, how, raw) in res.items():
         if name == "fastnn_dense":
             row.extra["fastnn_dense_s"] = sec
+        elif name == BASE_THREADS_RUN:
+            row.extra["fastnn_base_threads"] = base_threads
+            row.extra["fastnn_base_threads_s"] = sec
         else:
             row.times[name] = sec
         hows[name] = how
         row.extra[f"{name}_samples_s"] = raw
     row.extra["measured_as"] = hows
-    row.note = describe_modes(hows) + _dense_note(row)
+    row.note = describe_modes(hows) + _dense_note(row) + _base_threads_note(row)
     if row.extra.get("remeasured"):
         row.note += (f"; re-measured x{row.extra['remeasured']} (epochs spread "
                      f"{row.extra['epoch_spread']:.2f}x in the attempt kept)")
@@ -980,6 +1024,34 @@ def find(rows: List[Row], workload_prefix: str, threads: int) -> Optional[Row]:
     return None
 
 
+def _scaling_target(rows: List[Row], tmin: int, tmax: int,
+                    verdict: Callable[[str, str, Optional[float], float], None],
+                    lines: List[str], out: Dict[str, Any]) -> None:
+    """The wide MLP's tmax-over-tmin target, from fastnn's epochs at both counts
+    timed side by side in the tmax row (BASE_THREADS_RUN) when there are such;
+    the ratios across the two rows follow for comparison."""
+    r1, r2 = find(rows, "wide MLP", tmin), find(rows, "wide MLP", tmax)
+    across: Dict[str, Optional[float]] = {}
+    for name in ("fastnn", "torch", "torch_fused"):
+        t1 = r1.times.get(name) if r1 else None
+        t2 = r2.times.get(name) if r2 else None
+        across[name] = t1 / t2 if (t1 and t2) else None
+    base = r2.extra.get("fastnn_base_threads_s") if r2 else None
+    fnn = r2.times.get("fastnn") if r2 else None
+    alongside = base / fnn if (base and fnn) else None
+    how = "side by side" if alongside is not None else "across rows"
+    verdict("wide_scaling", f"wide MLP {tmax} thr over {tmin} thr (fastnn, {how})",
+            alongside if alongside is not None else across["fastnn"], 1.8)
+    if alongside is not None and across["fastnn"] is not None:
+        lines.append(f"        (fastnn across the {tmin}- and {tmax}-thread rows: "
+                     f"{across['fastnn']:.2f}x)")
+        out["wide_scaling_fastnn_across_rows"] = across["fastnn"]
+    for name in ("torch", "torch_fused"):
+        if across[name] is not None:
+            lines.append(f"        (for comparison, {name} across the rows: {across[name]:.2f}x)")
+            out[f"wide_scaling_{name}"] = across[name]
+
+
 def check_targets(rows: List[Row], thread_counts: List[int]) -> Tuple[List[str], Dict[str, Any]]:
     """Each target of the speed issue: measured value, met or missed, by how much.
 
@@ -1039,17 +1111,7 @@ def check_targets(rows: List[Row], thread_counts: List[int]) -> Tuple[List[str],
     verdict("tiny_vs_torch_fused", f"tiny-model step vs torch fused ({tmax} thr)",
             sp.get("torch_fused"), 5.0)
     if tmax > tmin:
-        r1, r2 = find(rows, "wide MLP", tmin), find(rows, "wide MLP", tmax)
-        for name in ("fastnn", "torch", "torch_fused"):
-            t1 = r1.times.get(name) if r1 else None
-            t2 = r2.times.get(name) if r2 else None
-            val = t1 / t2 if (t1 and t2) else None
-            if name == "fastnn":
-                verdict("wide_scaling", f"wide MLP {tmax} thr over {tmin} thr (fastnn)",
-                        val, 1.8)
-            elif val is not None:
-                lines.append(f"        (for comparison, {name}: {val:.2f}x)")
-                out[f"wide_scaling_{name}"] = val
+        _scaling_target(rows, tmin, tmax, verdict, lines, out)
     return lines, out
 
 
@@ -1069,7 +1131,8 @@ def run_section(section: str, libs: Libs, threads: Threads, thread_counts: List[
                          "seed MLP 784-128-10 epoch", cfg.seed_budget, None)
     if section == "wide":
         return bench_mlp(libs, threads, thread_counts, cfg, errors, data, [1024, 1024],
-                         "wide MLP 784-1024-1024-10 epoch", cfg.wide_budget, cfg.wide_steps)
+                         "wide MLP 784-1024-1024-10 epoch", cfg.wide_budget, cfg.wide_steps,
+                         scaling_alongside=True)
     if section == "adam":
         return bench_adam(libs, threads, thread_counts, cfg, errors)
     if section == "tiny":
