@@ -10,6 +10,8 @@ with fastnn's, everything else in this process:
   * SGEMM at 256..2048 cubes and at the shapes an MLP's forward and backward make;
   * one epoch of the seed MLP (784-128-10) and of the wide MLP (784-1024-1024-10),
     Adam, batch 128, on MNIST (random data of the same shape when it is absent);
+    the wide MLP's multi-thread row also times fastnn at the lowest thread count,
+    for its speed-up over it side by side;
   * one Adam step on 10M parameters next to a STREAM-like triad;
   * one training step of a tiny model (Dense(10) on 10 inputs, batch 1);
   * MNIST inference (10000 images, batch 1000);
