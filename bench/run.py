@@ -672,18 +672,22 @@ def _mlp_row(libs: Libs, threads: Threads, cfg: Settings, errors: Errors, x: np.
         # One retry at 1 thread, where a core taken away does not stall a barrier:
         # with every row retried twice the suite could run past its 5 minutes.
         retries = cfg.epoch_retries if t > 1 else min(1, cfg.epoch_retries)
-        for attempt in range(retries):
+        attempts, kept = [res], 0
+        for _ in range(retries):
             if not _epochs_disturbed(res, single):
                 break
-            row.extra["remeasured"] = attempt + 1
-            row.extra.setdefault("rejected_attempts", []).append(
-                {name: raw for name, (_, _, raw) in res.items()})
             _wait_for_cores(libs, cfg, t, row)
             again = time_epochs(runs, len(x), BATCH, cfg.epoch_repeat, budget, steps,
                                 errors, f"{label}, {t} thr")
+            attempts.append(again)
             if _epoch_disturbance(again, single) < _epoch_disturbance(res, single):
-                res = again
-                row.extra["core_check_kept"] = attempt + 1
+                res, kept = again, len(attempts) - 1
+        if len(attempts) > 1:
+            row.extra["remeasured"] = len(attempts) - 1
+            row.extra["core_check_kept"] = kept
+            row.extra["rejected_attempts"] = [
+                {name: raw for name, (_, _, raw) in attempt.items()}
+                for i, attempt in enumerate(attempts) if i != kept]
         row.extra["epoch_spread"] = _epoch_spread(res)
         row.extra["epoch_medians_s"] = {name: sec for name, (sec, _, _) in res.items()}
     hows = {}
